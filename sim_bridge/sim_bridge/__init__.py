@@ -1,0 +1,1 @@
+"""LIBERO simulation bridge for the vla-steer topic contract."""

@@ -1,0 +1,1 @@
+"""UR5 driver over RTDE for the vla-steer topic contract."""

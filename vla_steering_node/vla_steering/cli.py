@@ -1,0 +1,232 @@
+"""``vla-steer``: the offline command line (project, search, cluster, dictionaries, effects).
+
+Examples::
+
+    vla-steer project --model smollm2-135m --out artifacts/smollm2
+    vla-steer search --projection artifacts/smollm2 --keywords up --top-n 20 \\
+        --write artifacts/up.yaml --concept up --strength 5
+    vla-steer cluster --model smollm2-135m --projection artifacts/smollm2 --keywords up down --candidates 60 -k 2
+    vla-steer validate --dictionary artifacts/up.yaml --model smollm2-135m
+    vla-steer effect --model smollm2-135m --dictionary artifacts/up.yaml --concept up --strength 5 \\
+        --prompt "The robot lifts the cup"
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _layers(text: str | None) -> list[int] | None:
+    return None if not text else [int(x) for x in text.split(",")]
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from vla_steering.projection import project_value_vectors, source_from_model, tokenizer_decoder
+
+    if args.openpi:
+        from vla_steering.openpi_params import load_param_tree, openpi_source
+
+        source = openpi_source(load_param_tree(args.openpi), expert=args.expert, name=str(args.openpi))
+        tokenizer = None
+    else:
+        from vla_steering.loading import load_language_model
+
+        model, tokenizer = load_language_model(args.model)
+        source = source_from_model(model, name=str(args.model))
+    projection = project_value_vectors(source, layers=_layers(args.layers), top_k=args.top_k,
+                                       variant=args.variant, memory_budget_mb=args.memory_mb)
+    if tokenizer is not None:
+        projection.attach_tokens(tokenizer_decoder(tokenizer))
+    npz, txt = projection.save(args.out)
+    print(f"projected {len(projection)} neurons -> {npz} and {txt}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from vla_steering.concepts import concept_from_matches, rank_neurons
+    from vla_steering.dictionaries import InterventionDictionary, save_dictionary
+    from vla_steering.projection import Projection
+
+    projection = Projection.load(args.projection)
+    matches = rank_neurons(projection, args.keywords, match=args.match, sign=args.sign, top_n=args.top_n,
+                           min_score=args.min_score)
+    for m in matches:
+        print(f"L{m.layer:<3} N{m.neuron:<6} flat {m.flat_index:<8} score {m.score:.3f}  {list(m.tokens)}")
+    if args.write:
+        concept = concept_from_matches(args.concept or args.keywords[0], matches, mode=args.mode,
+                                       strength=args.strength,
+                                       description=f"{args.match} match of {args.keywords} in {args.sign} tokens")
+        meta = projection.meta
+        dictionary = InterventionDictionary({concept.name: concept}, model_name=meta.get("model", ""),
+                                            num_layers=meta.get("num_layers"),
+                                            intermediate_size=meta.get("intermediate_size"))
+        print(f"wrote {save_dictionary(dictionary, args.write, args.format)}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vla_steering.concepts import cluster_neurons, keyword_scores
+    from vla_steering.loading import load_language_model
+    from vla_steering.projection import Projection, source_from_model
+
+    projection = Projection.load(args.projection)
+    model, _ = load_language_model(args.model)
+    source = source_from_model(model)
+    rows = None
+    if args.keywords:
+        scores = keyword_scores(projection, args.keywords)
+        rows = np.argsort(-scores, kind="stable")[: args.candidates]
+    rows = np.arange(len(projection)) if rows is None else rows
+    labels = cluster_neurons(source, projection, args.k, rows=rows, space=args.space, seed=args.seed)
+    for cluster in range(args.k):
+        members = rows[labels == cluster]
+        print(f"cluster {cluster}: {len(members)} neurons")
+        for r in members[: args.show]:
+            print(f"  L{projection.layer[r]} N{projection.neuron[r]}  {list(projection.pos_tokens[r][:6])}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from vla_steering.dictionaries import load_dictionary
+
+    if args.model:
+        from vla_steering.anatomy import primary_stack
+        from vla_steering.loading import load_language_model
+        from vla_steering.steering import check_fits
+
+        model, _ = load_language_model(args.model)
+        dictionary = load_dictionary(args.dictionary, primary_stack(model).intermediate_size)
+        check_fits(model, dictionary)
+    else:
+        dictionary = load_dictionary(args.dictionary, args.intermediate_size)
+        dictionary.validate({None: (args.num_layers, args.intermediate_size)})
+    for c in dictionary.concepts.values():
+        print(f"{c.name}: {len(c.neurons)} neurons in layers {list(c.layers)}, mode {c.mode}, strength {c.strength}")
+    print("valid")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from vla_steering.dictionaries import load_dictionary, save_dictionary
+
+    dictionary = load_dictionary(args.dictionary, args.intermediate_size)
+    print(f"wrote {save_dictionary(dictionary, args.out, args.to)}")
+    return 0
+
+
+def cmd_effect(args: argparse.Namespace) -> int:
+    from vla_steering.anatomy import primary_stack
+    from vla_steering.dictionaries import load_dictionary
+    from vla_steering.effects import next_token_effect
+    from vla_steering.loading import load_language_model
+    from vla_steering.steering import SteeringEngine
+
+    model, tokenizer = load_language_model(args.model)
+    dictionary = load_dictionary(args.dictionary, primary_stack(model).intermediate_size)
+    engine = SteeringEngine(model, dictionary)
+    engine.set_strengths({name: 0.0 for name in engine.concepts})
+    effect = next_token_effect(model, tokenizer, engine, args.prompt, {args.concept: args.strength}, top=args.top)
+    print(f"prompt: {args.prompt!r}; {args.concept} at {args.strength}")
+    print(f"{'unsteered':<34} {'steered':<34}")
+    for (tb, pb), (ts, ps) in zip(effect.baseline, effect.steered):
+        print(f"{tb!r:<24} {pb:8.4f}  {ts!r:<24} {ps:8.4f}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from vla_steering.loading import resolve_model_dir
+
+    for name in args.models:
+        print(f"{name}: {resolve_model_dir(name)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vla-steer", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("project", help="project value vectors through the unembedding")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="smollm2-135m, gemma3-270m, a .gguf file or a Hugging Face directory")
+    source.add_argument("--openpi", help="an openpi (JAX) checkpoint directory")
+    p.add_argument("--expert", type=int, default=0, help="openpi expert: 0 PaliGemma, 1 action expert")
+    p.add_argument("--out", required=True, help="output directory (projection.npz, top_tokens.txt)")
+    p.add_argument("--layers", help="comma-separated layers (default: all)")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--variant", default="raw", choices=("raw", "final_norm", "post_ffn_final_norm"))
+    p.add_argument("--memory-mb", type=float, default=256.0, help="bound on the logits block")
+    p.set_defaults(func=cmd_project)
+
+    p = sub.add_parser("search", help="rank neurons for keywords; optionally write a dictionary")
+    p.add_argument("--projection", required=True)
+    p.add_argument("--keywords", nargs="+", required=True)
+    p.add_argument("--match", default="family", choices=("family", "exact"))
+    p.add_argument("--sign", default="pos", choices=("pos", "neg"))
+    p.add_argument("--top-n", type=int, default=20)
+    p.add_argument("--min-score", type=float, default=0.0)
+    p.add_argument("--write", help="write the matches as a one-concept dictionary here")
+    p.add_argument("--concept", help="concept name (default: the first keyword)")
+    p.add_argument("--mode", default="clamp", choices=("clamp", "scale", "add"))
+    p.add_argument("--strength", type=float, default=0.0)
+    p.add_argument("--format", default="native", choices=("native", "reference"))
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("cluster", help="k-means over neurons (optionally the best keyword candidates)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--projection", required=True)
+    p.add_argument("-k", type=int, required=True)
+    p.add_argument("--space", default="semantic", choices=("semantic", "weight"))
+    p.add_argument("--keywords", nargs="*")
+    p.add_argument("--candidates", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--show", type=int, default=8)
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("validate", help="check a dictionary against a model or a shape")
+    p.add_argument("--dictionary", required=True)
+    p.add_argument("--model")
+    p.add_argument("--num-layers", type=int)
+    p.add_argument("--intermediate-size", type=int)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("convert", help="convert a dictionary between the reference and native formats")
+    p.add_argument("--dictionary", required=True)
+    p.add_argument("--to", required=True, choices=("native", "reference"))
+    p.add_argument("--intermediate-size", type=int)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("effect", help="a concept's effect on a prompt's next-token distribution")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dictionary", required=True)
+    p.add_argument("--concept", required=True)
+    p.add_argument("--strength", type=float, required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(func=cmd_effect)
+
+    p = sub.add_parser("prepare", help="dequantise the bundled models into the cache (done by scripts/setup.sh)")
+    p.add_argument("--models", nargs="+", default=["smollm2-135m"], help="bundled model names")
+    p.set_defaults(func=cmd_prepare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "validate" and not args.model and (args.num_layers is None or args.intermediate_size is None):
+        print("vla-steer validate: give --model, or both --num-layers and --intermediate-size", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        print(f"vla-steer {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Live steering: PyTorch hooks that override FFN neuron activations.
+
+Hooks sit on ``mlp.down_proj`` of every layer a concept touches:
+
+* a forward *pre*-hook edits the down_proj input (the neuron activations,
+  (B, T, I)) for ``clamp`` (set to the strength, the reference method) and
+  ``scale`` (multiply by the strength);
+* a forward hook adds a precomputed (D,) direction to the down_proj output
+  for ``add``: strength times the unit sum of the concept's value vectors.
+
+Neither adds a matmul. They run on every token position of every forward
+call: prefill, each decode step, each denoising step.
+
+Thread safety: strengths are set from any thread; each change builds a new,
+immutable :class:`SteeringPlan` and swaps one reference. A forward call reads
+the plan once, in a pre-hook on the root module, and every layer of that call
+uses it, so a call is never torn. :meth:`SteeringEngine.applied` pins one plan
+across several calls (a whole ``generate`` or a whole denoising loop).
+With no concept active the hooks return at once: outputs are bit-identical to
+the unsteered model.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vla_steering.anatomy import DecoderStack, find_decoder_stacks, primary_stack
+from vla_steering.dictionaries import MODES, Concept, InterventionDictionary
+
+ENGINE_MODES = ("dictionary",) + MODES  # "dictionary": each concept's own mode
+
+
+@dataclass(frozen=True)
+class SteeringState:
+    """What is applied: reported with every action."""
+
+    enabled: bool
+    mode: str
+    strengths: Mapping[str, float]  # active concepts only
+    version: int
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and bool(self.strengths)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    clamp_index: torch.Tensor | None = None  # (n,) long
+    clamp_value: torch.Tensor | None = None  # (n,)
+    scale_index: torch.Tensor | None = None
+    scale_value: torch.Tensor | None = None
+    add_vector: torch.Tensor | None = None  # (D,)
+
+
+@dataclass(frozen=True)
+class SteeringPlan:
+    state: SteeringState
+    layers: Mapping[tuple[str, int], LayerPlan] = field(default_factory=dict)
+
+
+class SteeringEngine:
+    """Steer a loaded model with the concepts of an intervention dictionary.
+
+    Args:
+        model: the module whose forward is one inference call (a causal LM, a VLA).
+        dictionary: the concepts; validated against the model here.
+        max_abs_strength: strengths outside [-max, max] are refused.
+    """
+
+    def __init__(self, model: nn.Module, dictionary: InterventionDictionary, max_abs_strength: float = 100.0):
+        self.model = model
+        self.dictionary = dictionary
+        self.max_abs_strength = float(max_abs_strength)
+        primary = primary_stack(model)
+        self._stacks: dict[str | None, DecoderStack] = {s.name: s for s in find_decoder_stacks(model)}
+        self._stacks[None] = primary
+        check_fits(model, dictionary)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._strengths = {name: 0.0 for name in dictionary.concepts}
+        self._enabled = True
+        self._mode = "dictionary"
+        self._version = 0
+        for name, concept in dictionary.concepts.items():
+            self._check_strength(name, concept.strength)
+            self._strengths[name] = float(concept.strength)
+        self._add_directions = self._unit_directions()
+        self._plan = self._build_plan()
+        self._handles = [model.register_forward_pre_hook(self._pin_for_call)]
+        for stack_name, layer in self._touched_layers():
+            down = self._stacks[stack_name].down_proj(layer)
+            key = (self._stacks[stack_name].name, layer)
+            self._handles.append(down.register_forward_pre_hook(self._make_input_hook(key)))
+            self._handles.append(down.register_forward_hook(self._make_output_hook(key)))
+
+    # ----------------------------------------------------------------- control
+    @property
+    def concepts(self) -> tuple[str, ...]:
+        return tuple(self.dictionary.concepts)
+
+    @property
+    def state(self) -> SteeringState:
+        return self._plan.state
+
+    def set_strengths(self, strengths: Mapping[str, float]) -> SteeringState:
+        """Set several strengths at once (atomically); 0 turns a concept off."""
+        for name, value in strengths.items():
+            self._check_strength(name, value)
+        with self._lock:
+            self._strengths.update({name: float(v) for name, v in strengths.items()})
+            return self._rebuild()
+
+    def set_strength(self, concept: str, strength: float) -> SteeringState:
+        return self.set_strengths({concept: strength})
+
+    def set_enabled(self, enabled: bool) -> SteeringState:
+        with self._lock:
+            self._enabled = bool(enabled)
+            return self._rebuild()
+
+    def set_mode(self, mode: str) -> SteeringState:
+        if mode not in ENGINE_MODES:
+            raise ValueError(f"steering mode {mode!r} is not one of {', '.join(ENGINE_MODES)}")
+        with self._lock:
+            self._mode = mode
+            return self._rebuild()
+
+    def validate_strength(self, concept: str, strength: float) -> None:
+        """Raise ValueError with a reason if this strength would be refused."""
+        self._check_strength(concept, strength)
+
+    @contextmanager
+    def applied(self) -> Iterator[SteeringState]:
+        """Pin the current plan for every forward call inside (e.g. a whole generate())."""
+        plan = self._plan
+        previous = getattr(self._local, "pinned", None)
+        self._local.pinned = plan
+        try:
+            yield plan.state
+        finally:
+            self._local.pinned = previous
+
+    def remove(self) -> None:
+        """Detach every hook; the model is as it was."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # ---------------------------------------------------------------- internals
+    def _check_strength(self, concept: str, strength: float) -> None:
+        if concept not in self.dictionary.concepts:
+            raise KeyError(f"unknown concept {concept!r}; known concepts: {sorted(self.dictionary.concepts)}")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+            raise TypeError(f"strength of {concept!r} must be a number, got {type(strength).__name__}")
+        if not abs(float(strength)) <= self.max_abs_strength:  # also refuses NaN
+            raise ValueError(
+                f"strength {strength} for {concept!r} is outside [-{self.max_abs_strength}, {self.max_abs_strength}]"
+            )
+
+    def _touched_layers(self) -> list[tuple[str | None, int]]:
+        touched = {(c.stack, layer) for c in self.dictionary.concepts.values() for layer in c.layers}
+        return sorted(touched, key=lambda k: (str(k[0]), k[1]))
+
+    def _unit_directions(self) -> dict[tuple[str, int, str], torch.Tensor]:
+        """For ``add``: per (stack, layer, concept), the unit sum of the concept's value vectors."""
+        directions = {}
+        with torch.no_grad():
+            for concept in self.dictionary.concepts.values():
+                stack = self._stacks[concept.stack]
+                for layer, neurons in concept.by_layer().items():
+                    weight = stack.down_proj(layer).weight  # (D, I)
+                    direction = weight[:, neurons].sum(dim=1)
+                    directions[(stack.name, layer, concept.name)] = direction / direction.norm().clamp_min(1e-12)
+        return directions
+
+    def _concept_mode(self, concept: Concept) -> str:
+        return concept.mode if self._mode == "dictionary" else self._mode
+
+    def _rebuild(self) -> SteeringState:
+        self._version += 1
+        self._plan = self._build_plan()
+        return self._plan.state
+
+    def _build_plan(self) -> SteeringPlan:
+        active = {n: s for n, s in self._strengths.items() if s != 0.0 and self.dictionary[n].neurons}
+        state = SteeringState(self._enabled, self._mode, dict(active) if self._enabled else {}, self._version)
+        if not state.active:
+            return SteeringPlan(state)
+        clamp: dict[tuple[str, int], dict[int, float]] = {}
+        scale: dict[tuple[str, int], dict[int, float]] = {}
+        add: dict[tuple[str, int], torch.Tensor] = {}
+        for name, strength in active.items():
+            concept = self.dictionary[name]
+            stack = self._stacks[concept.stack]
+            mode = self._concept_mode(concept)
+            for layer, neurons in concept.by_layer().items():
+                key = (stack.name, layer)
+                if mode == "clamp":
+                    clamp.setdefault(key, {}).update({n: strength for n in neurons})
+                elif mode == "scale":
+                    factors = scale.setdefault(key, {})
+                    for n in neurons:
+                        factors[n] = factors.get(n, 1.0) * strength
+                else:
+                    vector = strength * self._add_directions[(stack.name, layer, name)]
+                    add[key] = add[key] + vector if key in add else vector
+        layers = {}
+        for key in set(clamp) | set(scale) | set(add):
+            weight = self._stacks[key[0]].down_proj(key[1]).weight
+            layers[key] = LayerPlan(
+                *_index_values(clamp.get(key), weight),
+                *_index_values(scale.get(key), weight),
+                add.get(key),
+            )
+        return SteeringPlan(state, layers)
+
+    def _pin_for_call(self, module: nn.Module, args: tuple) -> None:
+        self._local.call_plan = self._plan
+
+    def _current(self) -> SteeringPlan:
+        pinned = getattr(self._local, "pinned", None)
+        if pinned is not None:
+            return pinned
+        return getattr(self._local, "call_plan", None) or self._plan
+
+    def _make_input_hook(self, key: tuple[str, int]):
+        def edit_activations(module: nn.Module, args: tuple):
+            plan = self._current().layers.get(key)
+            if plan is None or (plan.clamp_index is None and plan.scale_index is None):
+                return None
+            x = args[0]  # (B, T, I): act_fn(gate_proj(h)) * up_proj(h)
+            if x.requires_grad:
+                x = x.clone()
+            if plan.scale_index is not None:
+                x[..., plan.scale_index] *= plan.scale_value
+            if plan.clamp_index is not None:
+                x[..., plan.clamp_index] = plan.clamp_value
+            return (x, *args[1:])
+
+        return edit_activations
+
+    def _make_output_hook(self, key: tuple[str, int]):
+        def add_direction(module: nn.Module, args: tuple, output: torch.Tensor):
+            plan = self._current().layers.get(key)
+            if plan is None or plan.add_vector is None:
+                return None
+            return output + plan.add_vector  # (B, T, D) + (D,)
+
+        return add_direction
+
+
+def _index_values(values: dict[int, float] | None, like: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    if not values:
+        return None, None
+    index = torch.tensor(sorted(values), dtype=torch.long, device=like.device)
+    value = torch.tensor([values[i] for i in sorted(values)], dtype=like.dtype, device=like.device)
+    return index, value
+
+
+def check_fits(model: nn.Module, dictionary: InterventionDictionary) -> None:
+    """Raise DictionaryError if the dictionary's neurons are not in the model."""
+    stacks: dict[str | None, tuple[int, int]] = {
+        s.name: (s.num_layers, s.intermediate_size) for s in find_decoder_stacks(model)
+    }
+    p = primary_stack(model)
+    stacks[None] = (p.num_layers, p.intermediate_size)
+    dictionary.validate(stacks)
