@@ -11,12 +11,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip() { .venv/bin/python -m pip "$@"; }
 stamp=.venv/.vla-steer-dependencies
-wanted=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
+wanted=$(cat requirements*.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     pip install -q --upgrade pip setuptools
     # CPU torch first, so that no dependency pulls a CUDA build.
     pip install -q torch==2.13.0
-    pip install -q -r requirements.txt
+    pip install -q -r requirements.txt -r requirements-ros-wheels.txt
     pip install -q --no-deps -r requirements-nodeps.txt
     echo "$wanted" > "$stamp"
 fi
