@@ -14,6 +14,7 @@ import statistics
 import time
 
 import torch
+
 from vla_steering.dictionaries import Concept, InterventionDictionary
 from vla_steering.loading import load_language_model
 from vla_steering.projection import project_value_vectors, rows_per_batch, source_from_model

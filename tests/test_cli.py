@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from vla_steering.cli import main
 
 OPENVLA = Path(__file__).resolve().parents[2] / "shared" / "reference_dictionaries" / "openvla_7b_dictionaries.yaml"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from vla_steering.concepts import cluster_neurons, concept_from_matches, keyword_scores, rank_neurons
 from vla_steering.projection import Projection, ProjectionSource
 

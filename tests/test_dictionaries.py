@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from vla_steering.dictionaries import (
     Concept,
     DictionaryError,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from vla_steering.openpi_params import load_param_tree, openpi_source
 from vla_steering.projection import project_value_vectors
 

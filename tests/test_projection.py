@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_gemma3, tiny_llama
+
 from vla_steering.anatomy import find_decoder_stacks, primary_stack
 from vla_steering.projection import Projection, project_value_vectors, rows_per_batch, source_from_model
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
 from vla_steering.dictionaries import Concept, DictionaryError, InterventionDictionary
 from vla_steering.steering import SteeringEngine
 

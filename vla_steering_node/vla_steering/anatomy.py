@@ -96,14 +96,17 @@ def unembedding(model: nn.Module) -> torch.Tensor:
 
 
 def primary_stack(model: nn.Module, stack: str | None = None) -> DecoderStack:
-    """The named stack, or the first one whose hidden size matches the unembedding."""
+    """The named stack, else the first whose width matches the unembedding (or the first, if none)."""
     stacks = find_decoder_stacks(model)
     if stack is not None:
         for candidate in stacks:
             if candidate.name == stack:
                 return candidate
         raise ValueError(f"no decoder stack named {stack!r}; this model has {[s.name for s in stacks]}")
-    width = unembedding(model).shape[1]
+    try:
+        width = unembedding(model).shape[1]
+    except ValueError:  # a policy wrapper without its own LM head
+        return stacks[0]
     for candidate in stacks:
         if candidate.hidden_size == width:
             return candidate

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _layers(text: str | None) -> list[int] | None:
@@ -46,7 +47,7 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from vla_steering.concepts import concept_from_matches, rank_neurons
-    from vla_steering.dictionaries import InterventionDictionary, save_dictionary
+    from vla_steering.dictionaries import InterventionDictionary, load_dictionary, save_dictionary
     from vla_steering.projection import Projection
 
     projection = Projection.load(args.projection)
@@ -59,9 +60,12 @@ def cmd_search(args: argparse.Namespace) -> int:
                                        strength=args.strength,
                                        description=f"{args.match} match of {args.keywords} in {args.sign} tokens")
         meta = projection.meta
-        dictionary = InterventionDictionary({concept.name: concept}, model_name=meta.get("model", ""),
-                                            num_layers=meta.get("num_layers"),
-                                            intermediate_size=meta.get("intermediate_size"))
+        if Path(args.write).exists():  # add the concept to the dictionary already there
+            dictionary = load_dictionary(args.write, meta.get("intermediate_size")).with_concepts(concept)
+        else:
+            dictionary = InterventionDictionary({concept.name: concept}, model_name=meta.get("model", ""),
+                                                num_layers=meta.get("num_layers"),
+                                                intermediate_size=meta.get("intermediate_size"))
         print(f"wrote {save_dictionary(dictionary, args.write, args.format)}")
     return 0
 
@@ -107,6 +111,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for c in dictionary.concepts.values():
         print(f"{c.name}: {len(c.neurons)} neurons in layers {list(c.layers)}, mode {c.mode}, strength {c.strength}")
     print("valid")
+    return 0
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from vla_steering.dictionaries import load_dictionary, random_control, save_dictionary
+
+    dictionary = load_dictionary(args.dictionary, args.intermediate_size)
+    control = random_control(dictionary, args.concept, args.name or f"{args.concept}_random", seed=args.seed)
+    save_dictionary(dictionary.with_concepts(control), args.dictionary)
+    print(f"added {control.name}: {len(control.neurons)} random neurons in layers {list(control.layers)}")
     return 0
 
 
@@ -192,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-layers", type=int)
     p.add_argument("--intermediate-size", type=int)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("control", help="add a size-matched random-neuron control for a concept (same layers)")
+    p.add_argument("--dictionary", required=True, help="a native dictionary, updated in place")
+    p.add_argument("--concept", required=True)
+    p.add_argument("--name", help="the control's name (default: <concept>_random)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--intermediate-size", type=int)
+    p.set_defaults(func=cmd_control)
 
     p = sub.add_parser("convert", help="convert a dictionary between the reference and native formats")
     p.add_argument("--dictionary", required=True)

@@ -123,6 +123,26 @@ class InterventionDictionary:
         return replace(self, concepts=merged)
 
 
+def random_control(dictionary: InterventionDictionary, concept: str, name: str, seed: int = 0) -> Concept:
+    """A size-matched random-neuron control: per layer, as many random neurons as the concept has there.
+
+    Neurons of the concept itself are excluded; the mode and strength are the concept's.
+    """
+    import numpy as np
+
+    width = dictionary.intermediate_size
+    if width is None:
+        raise DictionaryError("a random control needs the dictionary's intermediate_size")
+    source = dictionary[concept]
+    rng = np.random.default_rng(seed)
+    neurons = []
+    for layer, members in source.by_layer().items():
+        pool = np.setdiff1d(np.arange(width), members)
+        neurons += [(layer, int(n)) for n in rng.choice(pool, size=len(members), replace=False)]
+    return Concept(name=name, neurons=tuple(neurons), mode=source.mode, strength=source.strength,
+                   description=f"size-matched random control for {concept!r} (seed {seed})", stack=source.stack)
+
+
 def _split_flat(flat: int, intermediate_size: int) -> tuple[int, int]:
     return divmod(int(flat), intermediate_size)
 

@@ -1,0 +1,242 @@
+"""Policies: the contract, OpenVLA- and pi0-shaped backends, LIBERO adapters, the demo VLA."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from vla_fixtures import tiny_openvla, tiny_pi0
+
+from vla_steering.dictionaries import Concept, InterventionDictionary, load_dictionary
+from vla_steering.policies import (
+    LIBERO_EE_DELTA,
+    Observation,
+    ObservationError,
+    Policy,
+    PolicyOutputError,
+    SteeredPolicy,
+    make_policy,
+)
+from vla_steering.policies.libero import flip_upright, libero_state, quat_to_axis_angle, resize_image
+from vla_steering.policies.openvla import ActionTokenizer, OpenVLAPolicy, libero_gripper, unnormalize
+from vla_steering.policies.pi0 import Pi0Policy
+from vla_steering.steering import SteeringEngine
+
+DEMO_DICTIONARY = Path(__file__).resolve().parents[1] / "config" / "demo_vla_dictionary.yaml"
+STATS = {"libero_spatial_no_noops": {"action": {"q01": [-0.5] * 6 + [0.0], "q99": [0.5] * 6 + [1.0],
+                                                "mask": [True] * 6 + [False]}}}
+
+
+def observation(instruction="pick up the bowl", size=64, state=None, seed=0):
+    rng = np.random.default_rng(seed)
+    images = {"agentview": rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
+              "wrist": rng.integers(0, 255, (size, size, 3), dtype=np.uint8)}
+    return Observation(images, np.zeros(8, np.float32) if state is None else state, instruction)
+
+
+def record_calls(layer_module):
+    seen = []
+    handle = layer_module.mlp.down_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    return seen, handle
+
+
+# ---------------------------------------------------------------- the contract
+def test_bad_observations_are_refused_before_the_policy_runs():
+    class Never(Policy):
+        action_space = LIBERO_EE_DELTA
+        model = torch.nn.Identity()
+
+        def predict(self, observation):
+            raise AssertionError("must not be called")
+
+    policy = SteeredPolicy(Never())
+    good = observation()
+    cases = [
+        Observation({}, good.state, "x"),
+        Observation({"a": good.images["agentview"].astype(np.float32)}, good.state, "x"),
+        Observation({"a": good.images["agentview"][..., :2]}, good.state, "x"),
+        Observation(good.images, np.array([0.0, math.nan]), "x"),
+        Observation(good.images, np.array([math.inf]), "x"),
+        Observation(good.images, good.state, "   "),
+    ]
+    for bad in cases:
+        with pytest.raises(ObservationError):
+            policy.act(bad)
+
+
+def test_bad_policy_outputs_never_leave_the_policy():
+    class Broken(Policy):
+        action_space = LIBERO_EE_DELTA
+        model = torch.nn.Identity()
+
+        def __init__(self, out):
+            self.out = out
+
+        def predict(self, observation):
+            return self.out
+
+    for out in (np.full((2, 7), np.nan), np.zeros((2, 6)), np.zeros((0, 7)), np.zeros(7)):
+        with pytest.raises(PolicyOutputError):
+            SteeredPolicy(Broken(out)).act(observation())
+    chunk = SteeredPolicy(Broken(np.zeros((3, 7)))).act(observation())
+    assert chunk.actions.shape == (3, 7) and chunk.space.dims[-1] == "gripper" and chunk.steering is None
+
+
+def test_a_backend_must_declare_its_action_space():
+    with pytest.raises(TypeError, match="ActionSpace"):
+        class NoSpace(Policy):  # noqa: F841
+            def predict(self, observation):
+                return np.zeros((1, 7))
+
+
+def test_factory_errors():
+    with pytest.raises(ValueError, match="unknown policy 'gpt'.*demo, openvla, pi0"):
+        make_policy("gpt")
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        make_policy("openvla")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        make_policy("pi0", "/no/such/checkpoint")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        make_policy("openvla", "/no/such/checkpoint")
+    if importlib.util.find_spec("lerobot") is None:
+        with pytest.raises(ImportError, match="LeRobot"):
+            make_policy("smolvla", "/some/checkpoint")
+
+
+# ---------------------------------------------------------------- LIBERO adapters
+def test_libero_state_and_images():
+    half = math.sqrt(0.5)
+    np.testing.assert_allclose(quat_to_axis_angle(np.array([0, 0, half, half])), [0, 0, math.pi / 2], atol=1e-9)
+    np.testing.assert_allclose(quat_to_axis_angle(np.array([0, 0, 0, 1.0])), [0, 0, 0])
+    state = libero_state(np.array([0.1, 0.2, 0.3]), np.array([half, 0, 0, half]), np.array([0.04, -0.04]))
+    np.testing.assert_allclose(state, [0.1, 0.2, 0.3, math.pi / 2, 0, 0, 0.04, -0.04], atol=1e-6)
+    image = np.zeros((4, 6, 3), np.uint8)
+    image[0, 0] = 255  # top-left
+    assert flip_upright(image)[-1, -1, 0] == 255
+    big = np.full((256, 256, 3), 77, np.uint8)
+    assert resize_image(big, 224).shape == (224, 224, 3) and resize_image(big, 224).mean() == 77
+
+
+# ---------------------------------------------------------------- OpenVLA
+def test_openvla_action_tokens_round_trip_and_unnormalise():
+    tokens = ActionTokenizer(32000)
+    actions = np.linspace(-0.99, 0.99, 21)
+    decoded = tokens.decode(tokens.encode(actions))
+    assert np.abs(decoded - actions).max() <= 1.0 / 255 + 1e-9
+    # the action bins are the vocabulary's last 256 ids: -1 -> 31999, +1 -> 31744
+    np.testing.assert_array_equal(tokens.encode(np.array([-1.0, 1.0])), [32000 - 1, 32000 - 256])
+    stats = STATS["libero_spatial_no_noops"]["action"]
+    out = unnormalize(np.array([-1.0, 0, 1, 0, 0, 0, 0.3]), stats)
+    np.testing.assert_allclose(out, [-0.5, 0, 0.5, 0, 0, 0, 0.3])
+    np.testing.assert_array_equal(libero_gripper(np.array([[0, 0, 0, 0, 0, 0, 0.9]]))[0, -1], -1.0)  # open
+    np.testing.assert_array_equal(libero_gripper(np.array([[0, 0, 0, 0, 0, 0, 0.1]]))[0, -1], 1.0)  # close
+
+
+def openvla_policy():
+    model, processor = tiny_openvla()
+    return OpenVLAPolicy(model, processor, STATS, action_vocab_size=len(processor.tokenizer) - 1,
+                         prompt="<image>In: What action should the robot take to {instruction}?\nOut:",
+                         empty_token_id=None)
+
+
+def test_openvla_backend_steers_prefill_and_every_decode_step():
+    policy = openvla_policy()
+    baseline = SteeredPolicy(policy).act(observation()).actions
+    assert baseline.shape == (1, 7) and np.all(np.abs(baseline) <= 1.0)
+    layers = policy.model.model.language_model.layers
+    engine = SteeringEngine(policy.model, InterventionDictionary({"c": Concept("c", ((1, 5),))}))
+    steered_policy = SteeredPolicy(policy, engine)
+    seen, handle = record_calls(layers[1])
+    assert np.array_equal(steered_policy.act(observation()).actions, baseline)  # strength 0: identical
+    engine.set_strength("c", 6.0)
+    chunk = steered_policy.act(observation())
+    handle.remove()
+    assert len(seen) == 2 * 7  # 7 forward calls (prefill + 6 decode steps) per prediction
+    assert all(torch.all(x[..., 5] == 6.0) for x in seen[7:])
+    assert chunk.steering.strengths == {"c": 6.0}
+
+
+# ---------------------------------------------------------------- pi0
+def test_pi0_backend_steers_the_prefix_and_every_denoising_step():
+    model, processor = tiny_pi0()
+    policy = Pi0Policy(model, processor, seed=3)
+    first = SteeredPolicy(policy).act(observation(size=32)).actions
+    assert first.shape == (5, 7)
+    np.testing.assert_array_equal(first, SteeredPolicy(policy).act(observation(size=32)).actions)  # seeded noise
+    dictionary = InterventionDictionary({
+        "vlm": Concept("vlm", ((0, 3),), stack="model.vlm.language_model.layers"),
+        "expert": Concept("expert", ((1, 7),), stack="model.dit.layers"),
+    })
+    engine = SteeringEngine(model, dictionary)
+    steered = SteeredPolicy(policy, engine)
+    np.testing.assert_array_equal(steered.act(observation(size=32)).actions, first)
+    vlm_seen, h1 = record_calls(model.model.vlm.language_model.layers[0])
+    dit_seen, h2 = record_calls(model.model.dit.layers[1])
+    engine.set_strengths({"vlm": 3.0, "expert": -2.0})
+    actions = steered.act(observation(size=32)).actions
+    h1.remove()
+    h2.remove()
+    assert len(vlm_seen) == 1 and torch.all(vlm_seen[0][..., 3] == 3.0)  # the prefix runs once
+    assert len(dit_seen) == model.config.num_inference_steps == 3
+    assert all(torch.all(x[..., 7] == -2.0) for x in dit_seen)
+    assert not np.array_equal(actions, first)
+
+
+# ---------------------------------------------------------------- demo VLA
+@pytest.fixture(scope="module")
+def demo():
+    return make_policy("demo")
+
+
+def mean_action(policy, instructions, seeds=range(3)):
+    from vla_steering.policies.demo_vla import render_scene
+
+    out = []
+    for instruction in instructions:
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
+            side = ("left", "right")[seed % 2]
+            obs = Observation({"agentview": render_scene(side, "red", rng)}, np.zeros(8, np.float32), instruction)
+            out.append(policy.act(obs).actions)
+    return np.concatenate(out).mean(0)
+
+
+def test_demo_vla_follows_direction_words(demo):
+    policy = SteeredPolicy(demo)
+    assert mean_action(policy, ["move up", "go up"])[2] > 0.3
+    assert mean_action(policy, ["move down", "lower the arm"])[2] < -0.2
+    assert mean_action(policy, ["move forward"])[0] > 0.3
+    chunk = policy.act(observation("move up"))
+    assert chunk.actions.shape == (4, 7) and np.all(np.abs(chunk.actions) <= 1)
+
+
+def test_demo_vla_up_concept_moves_the_arm_up_and_its_random_control_does_not(demo):
+    dictionary = load_dictionary(DEMO_DICTIONARY, intermediate_size=1536)
+    engine = SteeringEngine(demo.model, dictionary)
+    policy = SteeredPolicy(demo, engine)
+    instructions = ["move left", "move forward", "reach the block", "go down slowly"]
+    try:
+        base = mean_action(policy, instructions)
+        engine.set_strength("up", 2.0)
+        up = mean_action(policy, instructions)
+        engine.set_strengths({"up": 0.0, "up_random": 2.0})
+        random = mean_action(policy, instructions)
+    finally:
+        engine.remove()
+    up_effect, random_effect = up[2] - base[2], random[2] - base[2]  # change in vertical motion
+    assert up_effect > 0.5, (base, up)
+    assert abs(random_effect) < 0.2 and up_effect > 4 * abs(random_effect), (base, random)
+
+
+def test_demo_vla_training_is_deterministic():
+    from vla_steering.policies.demo_vla import DemoVLAConfig, train_demo_vla
+
+    config = DemoVLAConfig(scenes_per_instruction=1, vision_steps=3)
+    a, b = train_demo_vla(config), train_demo_vla(config)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        if not name.startswith("backbone."):
+            assert torch.equal(x, y), name

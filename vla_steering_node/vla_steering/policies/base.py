@@ -1,0 +1,130 @@
+"""The policy contract: observation -> action chunk, and its steered wrapper.
+
+A backend subclasses :class:`Policy`: it declares its ``action_space`` and exposes
+``model``, the ``nn.Module`` whose forward is one inference call and which the
+steering hooks attach to, and implements :meth:`Policy.predict`.
+:class:`SteeredPolicy` checks inputs, pins one steering plan for the whole
+prediction (every decode or denoising step inside it), and checks outputs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from vla_steering.steering import SteeringEngine, SteeringState
+
+
+class ObservationError(ValueError):
+    """An observation a policy must not act on."""
+
+
+class PolicyOutputError(RuntimeError):
+    """A policy produced an action that must not reach a robot (NaN, wrong shape)."""
+
+
+@dataclass(frozen=True)
+class ActionSpace:
+    """What each action dimension means.
+
+    Attributes:
+        name: e.g. ``ee_delta_7d`` (LIBERO's OSC_POSE delta + gripper).
+        dims: one name per dimension.
+        low, high: the bounds every consumer clips to.
+    """
+
+    name: str
+    dims: tuple[str, ...]
+    low: float = -1.0
+    high: float = 1.0
+
+    @property
+    def dim(self) -> int:
+        return len(self.dims)
+
+
+LIBERO_EE_DELTA = ActionSpace("ee_delta_7d", ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"))
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One control step's input.
+
+    Attributes:
+        images: camera name -> (H, W, 3) uint8 RGB, upright.
+        state: robot state, e.g. LIBERO's [eef_pos(3), axis_angle(3), gripper_qpos(2)].
+        instruction: the task in words.
+    """
+
+    images: Mapping[str, np.ndarray]
+    state: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    instruction: str = ""
+
+    def validate(self) -> None:
+        if not self.images:
+            raise ObservationError("observation has no camera image")
+        for name, image in self.images.items():
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                shape = getattr(image, "shape", None)
+                raise ObservationError(f"camera {name!r}: expected (H, W, 3) uint8 RGB, got {shape} "
+                                       f"{getattr(image, 'dtype', type(image).__name__)}")
+            if min(image.shape[:2]) < 8:
+                raise ObservationError(f"camera {name!r}: image {image.shape[:2]} is too small")
+        state = np.asarray(self.state)
+        if state.ndim != 1 or not np.all(np.isfinite(state)):
+            raise ObservationError(f"robot state must be a finite 1-D vector, got {state!r}")
+        if not self.instruction.strip():
+            raise ObservationError("instruction is empty")
+
+
+@dataclass(frozen=True)
+class ActionChunk:
+    """(T, D) actions to execute in order, and the steering applied to compute them."""
+
+    actions: np.ndarray
+    space: ActionSpace
+    steering: SteeringState | None = None
+
+
+class Policy(ABC):
+    """A VLA backend. Subclasses set ``action_space`` and ``model``."""
+
+    action_space: ActionSpace
+    model: nn.Module
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if not getattr(cls, "__abstractmethods__", None) and not isinstance(getattr(cls, "action_space", None),
+                                                                          ActionSpace):
+            raise TypeError(f"{cls.__name__} must declare an ActionSpace as class attribute action_space")
+
+    @abstractmethod
+    def predict(self, observation: Observation) -> np.ndarray:
+        """(T, action_space.dim) float actions for a validated observation."""
+
+
+class SteeredPolicy:
+    """A policy with an optional steering engine: the thing a control loop calls."""
+
+    def __init__(self, policy: Policy, engine: SteeringEngine | None = None):
+        self.policy = policy
+        self.engine = engine
+
+    def act(self, observation: Observation) -> ActionChunk:
+        observation.validate()
+        if self.engine is None:
+            actions, state = self.policy.predict(observation), None
+        else:
+            with self.engine.applied() as state:
+                actions = self.policy.predict(observation)
+        actions = np.asarray(actions, np.float32)
+        space = self.policy.action_space
+        if actions.ndim != 2 or actions.shape[1] != space.dim or len(actions) == 0:
+            raise PolicyOutputError(f"policy returned shape {actions.shape}; expected (T, {space.dim})")
+        if not np.all(np.isfinite(actions)):
+            raise PolicyOutputError("policy returned non-finite actions")
+        return ActionChunk(actions, space, state)
