@@ -7,6 +7,8 @@ Examples::
         --write artifacts/up.yaml --concept up --strength 5
     vla-steer cluster --model smollm2-135m --projection artifacts/smollm2 --keywords up down --candidates 60 -k 2
     vla-steer validate --dictionary artifacts/up.yaml --model smollm2-135m
+    vla-steer act --policy demo --instruction "move left" --dictionary config/demo_vla_dictionary.yaml \\
+        --concept up --strength 2
     vla-steer effect --model smollm2-135m --dictionary artifacts/up.yaml --concept up --strength 5 \\
         --prompt "The robot lifts the cup"
 """
@@ -156,6 +158,42 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     for name in args.models:
         print(f"{name}: {resolve_model_dir(name)}")
+    if not args.skip_demo_vla:
+        from vla_steering.policies.demo_vla import DemoVLAConfig, load_demo_vla
+
+        load_demo_vla()
+        print(f"demo VLA: trained and cached ({DemoVLAConfig().key()})")
+    return 0
+
+
+def cmd_act(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vla_steering.anatomy import primary_stack
+    from vla_steering.dictionaries import load_dictionary
+    from vla_steering.policies import Observation, SteeredPolicy, make_policy
+    from vla_steering.steering import SteeringEngine
+
+    if args.image:
+        from PIL import Image
+
+        image = np.asarray(Image.open(args.image).convert("RGB"))
+    else:
+        from vla_steering.policies.demo_vla import render_scene
+
+        image = render_scene(args.scene, "red", np.random.default_rng(args.seed))
+    state = np.asarray(args.state, np.float32) if args.state else np.zeros(8, np.float32)
+    observation = Observation({"camera": image}, state, args.instruction)
+    policy = make_policy(args.policy, args.checkpoint, args.device)
+    np.set_printoptions(precision=3, suppress=True)
+    print(f"action space {policy.action_space.name}: {list(policy.action_space.dims)}")
+    print("unsteered:\n", SteeredPolicy(policy).act(observation).actions)
+    if args.dictionary:
+        dictionary = load_dictionary(args.dictionary, primary_stack(policy.model).intermediate_size)
+        engine = SteeringEngine(policy.model, dictionary)
+        engine.set_strengths({name: 0.0 for name in engine.concepts} | {args.concept: args.strength})
+        print(f"steered ({args.concept} at {args.strength}, {dictionary[args.concept].mode}):\n",
+              SteeredPolicy(policy, engine).act(observation).actions)
     return 0
 
 
@@ -233,18 +271,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="dequantise the bundled models into the cache (done by scripts/setup.sh)")
     p.add_argument("--models", nargs="+", default=["smollm2-135m"], help="bundled model names")
+    p.add_argument("--skip-demo-vla", action="store_true", help="do not train/cache the demo VLA")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("act", help="one policy inference on an image + instruction, with and without steering")
+    p.add_argument("--policy", default="demo", help="demo, openvla, pi0, pi05, smolvla")
+    p.add_argument("--checkpoint", default="", help="local checkpoint directory (not for demo)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--image", help="an RGB image file (default: a rendered demo scene)")
+    p.add_argument("--scene", default="left", choices=("left", "right"), help="demo scene: the block's side")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--state", type=float, nargs="*", help="robot state (default: 8 zeros)")
+    p.add_argument("--instruction", required=True)
+    p.add_argument("--dictionary", help="intervention dictionary; with --concept and --strength")
+    p.add_argument("--concept", default="up")
+    p.add_argument("--strength", type=float, default=2.0)
+    p.set_defaults(func=cmd_act)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vla_steering.policies.base import PolicyOutputError
+
     args = build_parser().parse_args(argv)
     if args.command == "validate" and not args.model and (args.num_layers is None or args.intermediate_size is None):
         print("vla-steer validate: give --model, or both --num-layers and --intermediate-size", file=sys.stderr)
         return 2
     try:
         return args.func(args)
-    except (FileNotFoundError, KeyError, ValueError) as error:
+    except (FileNotFoundError, ImportError, KeyError, ValueError, PolicyOutputError) as error:
         print(f"vla-steer {args.command}: error: {error}", file=sys.stderr)
         return 1
 
