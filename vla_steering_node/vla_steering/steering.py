@@ -109,28 +109,37 @@ class SteeringEngine:
     def state(self) -> SteeringState:
         return self._plan.state
 
-    def set_strengths(self, strengths: Mapping[str, float]) -> SteeringState:
-        """Set several strengths at once (atomically); 0 turns a concept off."""
-        for name, value in strengths.items():
+    def update(self, strengths: Mapping[str, float] | None = None, enabled: bool | None = None,
+               mode: str | None = None) -> SteeringState:
+        """Change strengths (0 = off), the enabled flag and the mode together, atomically.
+
+        Everything is validated first; on any error nothing changes.
+        """
+        for name, value in (strengths or {}).items():
             self._check_strength(name, value)
-        with self._lock:
-            self._strengths.update({name: float(v) for name, v in strengths.items()})
-            return self._rebuild()
-
-    def set_strength(self, concept: str, strength: float) -> SteeringState:
-        return self.set_strengths({concept: strength})
-
-    def set_enabled(self, enabled: bool) -> SteeringState:
-        with self._lock:
-            self._enabled = bool(enabled)
-            return self._rebuild()
-
-    def set_mode(self, mode: str) -> SteeringState:
-        if mode not in ENGINE_MODES:
+        if mode is not None and mode not in ENGINE_MODES:
             raise ValueError(f"steering mode {mode!r} is not one of {', '.join(ENGINE_MODES)}")
         with self._lock:
-            self._mode = mode
-            return self._rebuild()
+            self._strengths.update({name: float(v) for name, v in (strengths or {}).items()})
+            if enabled is not None:
+                self._enabled = bool(enabled)
+            if mode is not None:
+                self._mode = mode
+            self._version += 1
+            self._plan = self._build_plan()
+            return self._plan.state
+
+    def set_strengths(self, strengths: Mapping[str, float]) -> SteeringState:
+        return self.update(strengths=strengths)
+
+    def set_strength(self, concept: str, strength: float) -> SteeringState:
+        return self.update(strengths={concept: strength})
+
+    def set_enabled(self, enabled: bool) -> SteeringState:
+        return self.update(enabled=enabled)
+
+    def set_mode(self, mode: str) -> SteeringState:
+        return self.update(mode=mode)
 
     def validate_strength(self, concept: str, strength: float) -> None:
         """Raise ValueError with a reason if this strength would be refused."""
@@ -182,11 +191,6 @@ class SteeringEngine:
 
     def _concept_mode(self, concept: Concept) -> str:
         return concept.mode if self._mode == "dictionary" else self._mode
-
-    def _rebuild(self) -> SteeringState:
-        self._version += 1
-        self._plan = self._build_plan()
-        return self._plan.state
 
     def _build_plan(self) -> SteeringPlan:
         active = {n: s for n, s in self._strengths.items() if s != 0.0 and self.dictionary[n].neurons}

@@ -1,0 +1,76 @@
+"""Start ROS 2 node processes for tests and talk to them with rclpy over real DDS (Fast DDS, localhost)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE_PATH = os.pathsep.join(str(ROOT / p) for p in ("vla_steering_node", "sim_bridge", "ur5_driver"))
+
+
+def ros_env(domain_id: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               RMW_IMPLEMENTATION="rmw_fastrtps_cpp", PYTHONUNBUFFERED="1",
+               PYTHONPATH=SOURCE_PATH + os.pathsep + env.get("PYTHONPATH", ""))
+    return env
+
+
+def unique_domain_id() -> int:
+    """A domain id per test process (0..101 are valid with the default port mapping)."""
+    return 1 + (os.getpid() % 100)
+
+
+class NodeProcess:
+    """A node started as `python -m module --ros-args ...`; stopped with SIGINT, killed if it hangs."""
+
+    def __init__(self, module: str, domain_id: int, params: dict | None = None, log: Path | None = None):
+        args = [sys.executable, "-m", module, "--ros-args"]
+        for key, value in (params or {}).items():
+            args += ["-p", f"{key}:={_ros_value(value)}"]
+        self.log_path = log
+        self._log = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(args, env=ros_env(domain_id), stdout=self._log, stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.alive():
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+        return self.process.returncode
+
+    def output(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+
+def _ros_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ",".join(_ros_value(v) for v in value) + "]"
+    return str(value)
+
+
+def wait_for(predicate, timeout: float, spin=None, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if spin is not None:
+            spin(interval)
+        else:
+            time.sleep(interval)
+        if predicate():
+            return True
+    return False

@@ -1,0 +1,287 @@
+"""vla_steering_node: runs a steered VLA policy on camera / joint topics and publishes action chunks.
+
+Threads: the rclpy executor (subscriptions, parameter services, diagnostics timer) spins in
+a background thread; inference runs in the main thread, woken as soon as a fresh primary
+camera image arrives, on the newest inputs. A slow inference therefore never blocks a
+parameter set, and a parameter set applies from the next inference (one engine update,
+pinned for a whole prediction, so never torn).
+
+Parameters: see ``declare_parameters`` below and the README's table. Read-only parameters are
+declared read-only: a set is refused, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.time import Time
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
+
+from vla_steering.anatomy import primary_stack
+from vla_steering.dictionaries import DictionaryError, load_dictionary
+from vla_steering.policies import ObservationError, PolicyOutputError, SteeredPolicy, make_policy
+from vla_steering.steering import SteeringEngine
+from vla_steering_node import steering_parameters
+from vla_steering_node.conversions import (
+    InputError,
+    chunk_to_trajectory,
+    compressed_to_rgb,
+    image_to_rgb,
+    joint_positions,
+    pose_state,
+    steering_state_message,
+)
+from vla_steering_node.observation_buffer import NotReady, ObservationBuffer
+
+INSTRUCTION_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def default_dictionary() -> str:
+    """The demo VLA's dictionary: the ament index's share/ first, then this environment's
+    share/ (the pip path, where AMENT_PREFIX_PATH is usually unset), then the source tree."""
+    relative = Path("vla_steering_node") / "config" / "demo_vla_dictionary.yaml"
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("vla_steering_node")).parent / relative)
+    except (ImportError, LookupError, OSError):  # not installed, or AMENT_PREFIX_PATH unset
+        pass
+    candidates += [Path(sys.prefix) / "share" / relative, Path(__file__).resolve().parents[1] / relative.parts[-2] /
+                   relative.parts[-1]]
+    return str(next((c for c in candidates if c.exists()), candidates[-1]))
+
+
+class Counters:
+    """What /diagnostics reports; updated from several threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.actions = 0
+        self.rejected_inputs = 0
+        self.not_ready = 0
+        self.policy_errors = 0
+        self.latencies_ms: deque[float] = deque(maxlen=200)
+        self.action_times: deque[float] = deque(maxlen=50)
+        self.last_problem = ""
+
+    def problem(self, field: str, text: str) -> None:
+        with self.lock:
+            setattr(self, field, getattr(self, field) + 1)
+            self.last_problem = text
+
+
+class VlaSteeringNode(Node):
+    def __init__(self, **kwargs) -> None:
+        # Undeclared names reach validate_parameters, which refuses them with a reason that names
+        # the known concepts (rclpy's own refusal does not say which name was wrong).
+        super().__init__("vla_steering_node", allow_undeclared_parameters=True, **kwargs)
+        self.counters = Counters()
+        self.declare_parameters_and_load()
+        self.buffer = ObservationBuffer(self.cameras, int(self.get_parameter("stale_after_s").value * 1e9))
+
+        for camera in self.cameras:
+            self.create_subscription(Image, f"camera/{camera}/image_raw",
+                                     lambda msg, c=camera: self.on_image(c, msg), qos_profile_sensor_data)
+            self.create_subscription(CompressedImage, f"camera/{camera}/image_raw/compressed",
+                                     lambda msg, c=camera: self.on_image(c, msg), qos_profile_sensor_data)
+        self.create_subscription(JointState, "joint_states", self.on_joint_state, qos_profile_sensor_data)
+        self.create_subscription(PoseStamped, "ee_pose", self.on_ee_pose, qos_profile_sensor_data)
+        self.create_subscription(String, "instruction", self.on_instruction, INSTRUCTION_QOS)
+        self.action_pub = self.create_publisher(JointTrajectory, "action_chunk", 10)
+        self.steering_pub = self.create_publisher(DiagnosticArray, "steering_state", 10)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0, self.publish_diagnostics)
+        self._last_pose: PoseStamped | None = None
+        self.get_logger().info(
+            f"policy {self.policy_name!r} ready; cameras {self.cameras}; concepts {list(self.engine.concepts)}")
+
+    # ------------------------------------------------------------------ parameters
+    def declare_parameters_and_load(self) -> None:
+        def read_only(description: str) -> ParameterDescriptor:
+            return ParameterDescriptor(description=description + " (read-only: set at start)", read_only=True)
+
+        self.declare_parameter("policy", "demo", read_only("demo, openvla, pi0, pi05 or smolvla"))
+        self.declare_parameter("checkpoint", "", read_only("local checkpoint directory (not for demo)"))
+        self.declare_parameter("device", "cpu", read_only("torch device"))
+        self.declare_parameter("steering.dictionary", default_dictionary(), read_only("intervention dictionary YAML"))
+        self.declare_parameter("max_abs_strength", 20.0, read_only("steering strengths are limited to +-this"))
+        self.declare_parameter("cameras", ["agentview", "wrist"],
+                               read_only("camera names; topics camera/<name>/image_raw; the first triggers "
+                                         "inference"))
+        self.declare_parameter("state_source", "joints",
+                               read_only("joints: joint_states positions; libero: ee_pose + gripper joints"))
+        self.declare_parameter("gripper_joints", ["gripper_finger_left", "gripper_finger_right"],
+                               read_only("joint names of the two gripper fingers (state_source libero)"))
+        self.declare_parameter("control_rate_hz", 20.0,
+                               ParameterDescriptor(description="spacing of the chunk's time_from_start"))
+        self.declare_parameter("execute_steps", 0, ParameterDescriptor(
+            description="publish only the first n steps of each chunk (replan after them); 0 = whole chunk"))
+        self.declare_parameter("stale_after_s", 1.0, read_only("images / state older than this are refused"))
+
+        self.policy_name = self.get_parameter("policy").value
+        self.cameras = list(self.get_parameter("cameras").value)
+        policy = make_policy(self.policy_name, self.get_parameter("checkpoint").value,
+                             self.get_parameter("device").value)
+        path = self.get_parameter("steering.dictionary").value
+        dictionary = load_dictionary(path, primary_stack(policy.model).intermediate_size)
+        self.engine = SteeringEngine(policy.model, dictionary, self.get_parameter("max_abs_strength").value)
+        self.policy = SteeredPolicy(policy, self.engine)
+        for name, default, descriptor in steering_parameters.declarations(self.engine):
+            self.declare_parameter(name, default, descriptor)
+        # apply what parameter files / launch arguments set for the steering parameters
+        steering_parameters.apply(self.engine, [self.get_parameter(n) for n, _, _ in
+                                                steering_parameters.declarations(self.engine)])
+        self.add_on_set_parameters_callback(self.validate_parameters)
+        self.add_post_set_parameters_callback(self.apply_parameters)
+
+    def validate_parameters(self, parameters) -> SetParametersResult:
+        for p in parameters:
+            if not self.has_parameter(p.name):
+                known = ", ".join(steering_parameters.strength_name(c) for c in self.engine.concepts)
+                return SetParametersResult(successful=False, reason=(
+                    f"unknown parameter {p.name!r}; the steering parameters are steering.enabled, "
+                    f"steering.mode and {known}"))
+            if p.name == "control_rate_hz" and not (isinstance(p.value, float) and 0.0 < p.value <= 1000.0):
+                return SetParametersResult(successful=False, reason="control_rate_hz must be in (0, 1000]")
+            if p.name == "execute_steps" and not (isinstance(p.value, int) and p.value >= 0):
+                return SetParametersResult(successful=False, reason="execute_steps must be an integer >= 0")
+        return steering_parameters.validate(self.engine, parameters)
+
+    def apply_parameters(self, parameters) -> None:
+        steering_parameters.apply(self.engine, parameters)
+
+    # ------------------------------------------------------------------ inputs
+    def reject(self, text: str) -> None:
+        self.counters.problem("rejected_inputs", text)
+        self.get_logger().warning(text, throttle_duration_sec=2.0)
+
+    def on_image(self, camera: str, msg: Image | CompressedImage) -> None:
+        try:
+            rgb = image_to_rgb(msg) if isinstance(msg, Image) else compressed_to_rgb(msg)
+        except InputError as error:
+            self.reject(f"camera {camera}: {error}")
+            return
+        self.buffer.put_image(camera, rgb, _stamp_ns(msg))
+
+    def on_joint_state(self, msg: JointState) -> None:
+        try:
+            if self.get_parameter("state_source").value == "libero":
+                if self._last_pose is None:
+                    return
+                state = pose_state(self._last_pose, msg, list(self.get_parameter("gripper_joints").value))
+            else:
+                state = joint_positions(msg)
+        except InputError as error:
+            self.reject(f"joint_states: {error}")
+            return
+        self.buffer.put_state(state, _stamp_ns(msg))
+
+    def on_ee_pose(self, msg: PoseStamped) -> None:
+        self._last_pose = msg
+
+    def on_instruction(self, msg: String) -> None:
+        if not msg.data.strip():
+            self.reject("instruction is empty; keeping no instruction until a non-empty one arrives")
+        self.buffer.put_instruction(msg.data)
+        self.get_logger().info(f"instruction: {msg.data!r}")
+
+    # ------------------------------------------------------------------ inference
+    def step(self) -> bool:
+        """One inference on the newest inputs if a fresh image is waiting; True if an action was published."""
+        if not self.buffer.wait_fresh(timeout_s=0.1):
+            return False
+        start = time.perf_counter()
+        try:
+            observation, stamp_ns = self.buffer.take(self.get_clock().now().nanoseconds)
+            chunk = self.policy.act(observation)
+        except NotReady as why:
+            self.counters.problem("not_ready", str(why))
+            self.get_logger().warning(f"no action: {why}", throttle_duration_sec=2.0)
+            return False
+        except ObservationError as error:
+            self.reject(f"observation refused: {error}")
+            return False
+        except (PolicyOutputError, RuntimeError, ValueError) as error:  # recover on the next input
+            self.counters.problem("policy_errors", f"policy failed: {error}")
+            self.get_logger().error(f"policy failed: {error}", throttle_duration_sec=2.0)
+            return False
+        steps = self.get_parameter("execute_steps").value
+        if steps:
+            chunk = type(chunk)(chunk.actions[:steps], chunk.space, chunk.steering)
+        stamp = Time(nanoseconds=stamp_ns).to_msg()
+        period = 1.0 / self.get_parameter("control_rate_hz").value
+        self.action_pub.publish(chunk_to_trajectory(chunk, stamp, period))
+        self.steering_pub.publish(steering_state_message(chunk.steering, stamp, self.get_name()))
+        with self.counters.lock:
+            self.counters.actions += 1
+            self.counters.latencies_ms.append((time.perf_counter() - start) * 1e3)
+            self.counters.action_times.append(time.monotonic())
+        return True
+
+    def publish_diagnostics(self) -> None:
+        c = self.counters
+        with c.lock:
+            latency = np.percentile(c.latencies_ms, 50) if c.latencies_ms else float("nan")
+            times = list(c.action_times)
+            rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+            values = {"actions_published": c.actions, "inference_latency_ms_p50": f"{latency:.1f}",
+                      "action_rate_hz": f"{rate:.2f}", "dropped_observations": self.buffer.dropped,
+                      "rejected_inputs": c.rejected_inputs, "not_ready": c.not_ready,
+                      "policy_errors": c.policy_errors, "last_problem": c.last_problem}
+            problems = c.rejected_inputs + c.policy_errors
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        status = DiagnosticStatus(name=f"{self.get_name()}: inference", hardware_id=self.policy_name,
+                                  level=DiagnosticStatus.WARN if problems else DiagnosticStatus.OK,
+                                  message=c.last_problem or "ok")
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        msg.status = [status]
+        self.diagnostics_pub.publish(msg)
+
+
+def _stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    try:
+        node = VlaSteeringNode()
+    except (DictionaryError, FileNotFoundError, ImportError, ValueError) as error:
+        rclpy.logging.get_logger("vla_steering_node").fatal(f"cannot start: {error}")
+        rclpy.try_shutdown()
+        raise SystemExit(1) from None
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        while rclpy.ok():
+            node.step()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        rclpy.try_shutdown()  # wakes the executor
+        spinner.join(timeout=5.0)
+        executor.shutdown()
+        node.destroy_node()
+
+
+if __name__ == "__main__":
+    main()
