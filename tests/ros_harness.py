@@ -26,13 +26,23 @@ def unique_domain_id() -> int:
     return 1 + (os.getpid() % 100)
 
 
+def start_spec(spec, domain_id: int, log: Path | None = None) -> NodeProcess:
+    """Start a launch file's NodeSpec exactly as its ros_args say."""
+    return NodeProcess(spec.module, domain_id, log=log, ros_args=spec.ros_args())
+
+
 class NodeProcess:
     """A node started as `python -m module --ros-args ...`; stopped with SIGINT, killed if it hangs."""
 
-    def __init__(self, module: str, domain_id: int, params: dict | None = None, log: Path | None = None):
-        args = [sys.executable, "-m", module, "--ros-args"]
-        for key, value in (params or {}).items():
-            args += ["-p", f"{key}:={_ros_value(value)}"]
+    def __init__(self, module: str, domain_id: int, params: dict | None = None, log: Path | None = None,
+                 ros_args: list[str] | None = None):
+        args = [sys.executable, "-m", module]
+        if ros_args is not None:
+            args += ros_args
+        else:
+            args += ["--ros-args"]
+            for key, value in (params or {}).items():
+                args += ["-p", f"{key}:={_ros_value(value)}"]
         self.log_path = log
         self._log = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(args, env=ros_env(domain_id), stdout=self._log, stderr=subprocess.STDOUT)

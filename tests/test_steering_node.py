@@ -31,8 +31,9 @@ NODE = "/vla_steering_node"
 class Client:
     """The test's own node: plays the bridge (publishes observations) and the user (sets parameters)."""
 
-    def __init__(self):
-        self.node = rclpy.create_node("test_client")
+    def __init__(self, namespace: str = ""):
+        self.node = rclpy.create_node("test_client", namespace=namespace)
+        node = f"/{namespace}{NODE}" if namespace else NODE
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.images = {c: self.node.create_publisher(Image, f"camera/{c}/image_raw", qos_profile_sensor_data)
@@ -47,9 +48,9 @@ class Client:
         self.node.create_subscription(JointTrajectory, "action_chunk", self.actions.append, 10)
         self.node.create_subscription(DiagnosticArray, "steering_state", self.steering.append, 10)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
-        self.set_client = self.node.create_client(SetParameters, f"{NODE}/set_parameters")
-        self.get_client = self.node.create_client(GetParameters, f"{NODE}/get_parameters")
-        self.describe_client = self.node.create_client(DescribeParameters, f"{NODE}/describe_parameters")
+        self.set_client = self.node.create_client(SetParameters, f"{node}/set_parameters")
+        self.get_client = self.node.create_client(GetParameters, f"{node}/get_parameters")
+        self.describe_client = self.node.create_client(DescribeParameters, f"{node}/describe_parameters")
         self.scene = render_scene("left", "red", np.random.default_rng(0))
 
     def spin(self, seconds: float) -> None:

@@ -50,7 +50,8 @@ def tiny_openvla():
     tokenizer = smollm2_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=16, num_additional_image_tokens=1,
+    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=16,
+                               num_additional_image_tokens=1,
                                vision_feature_select_strategy="default")
     config = LlavaConfig(
         vision_config={"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 40,

@@ -22,5 +22,6 @@ setup(
     maintainer_email="maintainers@vla-steer.dev",
     description="ROS 2 node running a steered VLA policy, and the ROS-free steering core.",
     license="Apache-2.0",
-    entry_points={"console_scripts": ["vla-steer = vla_steering.cli:main"]},
+    entry_points={"console_scripts": ["vla-steer = vla_steering.cli:main",
+                                      "vla_steering_node = vla_steering_node.node:main"]},
 )

@@ -1,0 +1,50 @@
+"""The launch files' node set, started here through the same specs the launch files use."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from ros_harness import start_spec, unique_domain_id, wait_for
+
+from vla_steering_node import bringup
+
+DOMAIN = unique_domain_id()
+os.environ.update(ROS_DOMAIN_ID=str(DOMAIN), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+rclpy = pytest.importorskip("rclpy")
+
+
+def test_spec_reads_the_parameters_file_and_overrides():
+    spec = bringup.steering_node(namespace="robot1", use_sim_time=True, policy="demo", checkpoint="")
+    assert (spec.package, spec.executable, spec.name) == ("vla_steering_node", "vla_steering_node",
+                                                          "vla_steering_node")
+    assert spec.parameters["cameras"] == ["agentview", "wrist"] and spec.parameters["use_sim_time"] is True
+    assert spec.parameters["checkpoint"] == ""  # an empty override keeps the file's value
+    args = spec.ros_args()
+    assert args[:5] == ["--ros-args", "-r", "__node:=vla_steering_node", "-r", "__ns:=/robot1"]
+    assert "cameras:=[agentview, wrist]" in args and "steering.up.strength:=0.0" in args
+
+
+def test_launch_spec_runs_a_namespaced_node(tmp_path):
+    from test_steering_node import Client, dz
+
+    spec = bringup.steering_node(namespace="robot1", **{"steering.up.strength": 2.0})
+    rclpy.init()
+    process = start_spec(spec, DOMAIN, log=tmp_path / "node.log")
+    client = Client(namespace="robot1")
+    try:
+        from std_msgs.msg import String
+
+        client.instruction.publish(String(data="move left"))
+        assert wait_for(lambda: client.set_client.service_is_ready() or not process.alive(), 120, client.spin)
+        assert process.alive(), process.output()
+        action = client.act(timeout=60)
+        assert action.header.frame_id == "ee_delta_7d"
+        assert client.get("steering.up.strength").double_value == 2.0
+        assert client.set("steering.up.strength", 0.0).successful
+        assert dz(action) - dz(client.act()) > 0.5  # the file/launch strength was applied from the start
+    finally:
+        code = process.stop()
+        client.node.destroy_node()
+        rclpy.shutdown()
+    assert code == 0, process.output()[-2000:]

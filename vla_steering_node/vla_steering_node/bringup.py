@@ -1,0 +1,56 @@
+"""What the launch files start, as plain data that tests can check without the launch packages.
+
+A launch file turns each :class:`NodeSpec` into a ``launch_ros.actions.Node``; tests start the
+same specs as processes (``python -m module --ros-args ...``), so both run one code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    package: str
+    executable: str
+    module: str  # the same node as `python -m module` (pip path, tests)
+    name: str
+    namespace: str = ""
+    parameters: dict = field(default_factory=dict)
+    remappings: tuple[tuple[str, str], ...] = ()
+
+    def ros_args(self) -> list[str]:
+        """Command-line form: --ros-args -r __node:=... -r __ns:=... -p k:=v -r from:=to."""
+        args = ["--ros-args", "-r", f"__node:={self.name}"]
+        if self.namespace:
+            args += ["-r", f"__ns:=/{self.namespace.strip('/')}"]
+        for key, value in self.parameters.items():
+            text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+            args += ["-p", f"{key}:={text}"]
+        for source, target in self.remappings:
+            args += ["-r", f"{source}:={target}"]
+        return args
+
+
+def read_parameters_file(path: str | Path, node_name: str) -> dict:
+    """The ``ros__parameters`` of one node (or of ``/**``) in a ROS 2 parameters YAML file."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    out: dict = {}
+    for key in ("/**", node_name, f"/{node_name}"):
+        out.update((data.get(key) or {}).get("ros__parameters", {}))
+    return out
+
+
+def steering_node(params_file: str | Path | None = None, namespace: str = "", use_sim_time: bool = False,
+                  **overrides) -> NodeSpec:
+    """vla_steering_node with its parameters file, then launch-argument overrides (empty ones ignored)."""
+    params = read_parameters_file(params_file or CONFIG_DIR / "steering_node.yaml", "vla_steering_node")
+    params.update({k: v for k, v in overrides.items() if v not in ("", None)})
+    params["use_sim_time"] = bool(use_sim_time)
+    return NodeSpec("vla_steering_node", "vla_steering_node", "vla_steering_node.node", "vla_steering_node",
+                    namespace, params)
