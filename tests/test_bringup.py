@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+from pathlib import Path
 
 import pytest
 from ros_harness import start_spec, unique_domain_id, wait_for
@@ -44,7 +46,20 @@ def test_launch_spec_runs_a_namespaced_node(tmp_path):
         assert client.set("steering.up.strength", 0.0).successful
         assert dz(action) - dz(client.act()) > 0.5  # the file/launch strength was applied from the start
     finally:
-        code = process.stop()
+        code = process.stop(sig=signal.SIGTERM)
         client.node.destroy_node()
         rclpy.shutdown()
     assert code == 0, process.output()[-2000:]
+
+
+def test_a_dictionary_that_does_not_fit_stops_the_node_with_a_reason(tmp_path):
+    reference = Path(__file__).resolve().parents[2] / "shared" / "reference_dictionaries" / "openvla_7b_dictionaries.yaml"
+    native = tmp_path / "openvla.yaml"
+    from vla_steering.dictionaries import load_dictionary, save_dictionary
+
+    save_dictionary(load_dictionary(reference, intermediate_size=11008), native)
+    spec = bringup.steering_node(**{"steering.dictionary": str(native)})
+    process = start_spec(spec, DOMAIN, log=tmp_path / "node.log")
+    process.process.wait(timeout=120)
+    assert process.stop() == 1
+    assert "made for intermediate_size 11008, the model has 1536" in process.output()
