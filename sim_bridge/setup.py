@@ -18,5 +18,5 @@ setup(
     maintainer_email="maintainers@vla-steer.dev",
     description="sim_bridge for vla-steer.",
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [f"{package_name} = {package_name}.node:main"]},
 )

@@ -259,6 +259,13 @@ def _stamp_ns(msg) -> int:
     return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
 
 
+def spin_until_shutdown(executor: SingleThreadedExecutor) -> None:
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
+
+
 def main(args=None) -> None:
     rclpy.init(args=args)
     try:
@@ -269,7 +276,7 @@ def main(args=None) -> None:
         raise SystemExit(1) from None
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner = threading.Thread(target=spin_until_shutdown, args=(executor,), daemon=True)
     spinner.start()
     try:
         while rclpy.ok():

@@ -1,0 +1,125 @@
+"""sim_bridge over real DDS: lockstep on sim time, events, bad actions, and the steering node in the loop."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from ros_harness import NodeProcess, start_spec, unique_domain_id, wait_for
+
+DOMAIN = unique_domain_id()
+os.environ.update(ROS_DOMAIN_ID=str(DOMAIN), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+rclpy = pytest.importorskip("rclpy")
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from test_libero_env import upright  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+
+from vla_steering_node import bringup  # noqa: E402
+from vla_steering_node.conversions import image_to_rgb  # noqa: E402
+
+
+class Watcher:
+    def __init__(self, act=None):
+        self.node = rclpy.create_node("sim_watcher")
+        self.events: list[DiagnosticStatus] = []
+        self.clock: list[float] = []
+        self.images: list[Image] = []
+        self.actions: list[JointTrajectory] = []
+        events_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.node.create_subscription(DiagnosticStatus, "episode_events", self.events.append, events_qos)
+        self.node.create_subscription(Clock, "/clock", lambda m: self.clock.append(
+            m.clock.sec + m.clock.nanosec * 1e-9), 100)
+        self.node.create_subscription(Image, "camera/agentview/image_raw", self.on_image, qos_profile_sensor_data)
+        self.node.create_subscription(JointTrajectory, "action_chunk", self.actions.append, 10)
+        self.act = act
+        self.action_pub = self.node.create_publisher(JointTrajectory, "action_chunk", 10)
+
+    def on_image(self, msg: Image) -> None:
+        self.images.append(msg)
+        if self.act is not None:
+            rows = self.act(len(self.images))
+            reply = JointTrajectory(joint_names=[f"a{i}" for i in range(len(rows[0]))])
+            reply.header.stamp = msg.header.stamp
+            reply.points = [JointTrajectoryPoint(positions=[float(v) for v in row]) for row in rows]
+            self.action_pub.publish(reply)
+
+    def spin(self, seconds: float) -> None:
+        rclpy.spin_once(self.node, timeout_sec=seconds)
+
+    def outcome(self) -> DiagnosticStatus | None:
+        return next((e for e in self.events if e.message in ("success", "timeout")), None)
+
+
+def values(event: DiagnosticStatus) -> dict[str, str]:
+    return {kv.key: kv.value for kv in event.values}
+
+
+@pytest.fixture()
+def ros():
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+def bridge(suite: str, task: int, steps: int, log, **extra) -> NodeProcess:
+    params = {"suite": suite, "task_id": task, "episodes": 1, "max_steps": steps, "image_size": 128,
+              "action_timeout_s": 60.0, **extra}
+    return NodeProcess("sim_bridge.node", DOMAIN, params, log=log)
+
+
+def test_lockstep_sim_time_and_bad_actions(ros, tmp_path):
+    """The test plays the policy: good, out-of-range, NaN and wrong-length chunks."""
+    replies = {1: [[0, 0, 0.5, 0, 0, 0, -1]] * 2, 2: [[5, -5, 0, 0, 0, 0, 1]], 3: [[np.nan] * 7],
+               4: [[0.1] * 5]}
+    watcher = Watcher(act=lambda n: replies.get(n, [[0, 0, 0, 0, 0, 0, -1]]))
+    process = bridge("libero_spatial", 0, 7, tmp_path / "bridge.log")
+    try:
+        assert wait_for(lambda: watcher.outcome() is not None or not process.alive(), 240, watcher.spin), \
+            process.output()[-3000:]
+        wait_for(lambda: False, 0.3, watcher.spin)
+        process.process.wait(60)  # one episode asked for: the bridge exits by itself
+    finally:
+        code = process.stop()
+        watcher.node.destroy_node()
+    assert code == 0, process.output()[-3000:]
+    assert [e.message for e in watcher.events] == ["start", "timeout"]
+    end = values(watcher.outcome())
+    assert end["steps"] == "7" and end["no_op_steps"] == "0"
+    assert end["clipped_actions"] == "1" and end["rejected_actions"] == "2"
+    assert end["instruction"].startswith("pick up the black bowl")
+    # sim time: one control period per executed action, from 0
+    ticks = sorted(set(round(t, 3) for t in watcher.clock))
+    assert ticks == [round(0.05 * i, 3) for i in range(8)]
+    # an image for each replanning point: after the 2-step chunk, then after each 1-step chunk
+    stamps = [round(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9, 3) for m in watcher.images]
+    assert stamps == [0.0, 0.1, 0.15, 0.2, 0.25, 0.3]
+    assert all(upright(image_to_rgb(m)) for m in watcher.images)
+
+
+@pytest.mark.parametrize(("suite", "task"), [("libero_spatial", 1), ("libero_10", 0)])
+def test_steering_node_drives_the_simulation(ros, tmp_path, suite, task):
+    watcher = Watcher()
+    steering = start_spec(bringup.steering_node(use_sim_time=True, state_source="libero"), DOMAIN,
+                          log=tmp_path / "steering.log")
+    process = bridge(suite, task, 8, tmp_path / "bridge.log")
+    try:
+        assert wait_for(lambda: watcher.outcome() is not None or not process.alive(), 300, watcher.spin), \
+            process.output()[-3000:] + steering.output()[-3000:]
+        wait_for(lambda: False, 0.3, watcher.spin)
+        process.process.wait(60)
+    finally:
+        bridge_code = process.stop()
+        steering_code = steering.stop()
+        watcher.node.destroy_node()
+    assert bridge_code == 0 and steering_code == 0, process.output()[-2000:] + steering.output()[-2000:]
+    end = values(watcher.outcome())
+    assert watcher.outcome().message == "timeout" and end["steps"] == "8"
+    assert end["no_op_steps"] == "0"  # every step was driven by the steering node's actions
+    image_stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in watcher.images}
+    assert len(watcher.actions) == 2  # 8 steps / 4-step chunks
+    assert all((a.header.stamp.sec, a.header.stamp.nanosec) in image_stamps for a in watcher.actions)
