@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+# the paper's dictionaries, in ../shared beside the checkout (as in CI)
+REFERENCE_DICTIONARIES = Path(__file__).resolve().parents[2] / "shared" / "reference_dictionaries"
 
 
 def tiny_llama(seed: int = 0, layers: int = 3, hidden: int = 32, intermediate: int = 48, vocab: int = 97):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import pytest
+from conftest import REFERENCE_DICTIONARIES
 from ros_harness import start_spec, unique_domain_id, wait_for
 
 from vla_steering_node import bringup
@@ -53,7 +53,7 @@ def test_launch_spec_runs_a_namespaced_node(tmp_path):
 
 
 def test_a_dictionary_that_does_not_fit_stops_the_node_with_a_reason(tmp_path):
-    reference = Path(__file__).resolve().parents[2] / "shared" / "reference_dictionaries" / "openvla_7b_dictionaries.yaml"
+    reference = REFERENCE_DICTIONARIES / "openvla_7b_dictionaries.yaml"
     native = tmp_path / "openvla.yaml"
     from vla_steering.dictionaries import load_dictionary, save_dictionary
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
+from conftest import REFERENCE_DICTIONARIES
 
 from vla_steering.cli import main
 
-OPENVLA = Path(__file__).resolve().parents[2] / "shared" / "reference_dictionaries" / "openvla_7b_dictionaries.yaml"
+OPENVLA = REFERENCE_DICTIONARIES / "openvla_7b_dictionaries.yaml"
 
 
 def test_offline_workflow(tmp_path, capsys):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
+from conftest import REFERENCE_DICTIONARIES
 
 from vla_steering.dictionaries import (
     Concept,
@@ -16,9 +15,8 @@ from vla_steering.dictionaries import (
     save_dictionary,
 )
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference_dictionaries"
-OPENVLA = REFERENCE / "openvla_7b_dictionaries.yaml"
-PI0_FAST = REFERENCE / "pi0_fast_dictionaries.yaml"
+OPENVLA = REFERENCE_DICTIONARIES / "openvla_7b_dictionaries.yaml"
+PI0_FAST = REFERENCE_DICTIONARIES / "pi0_fast_dictionaries.yaml"
 
 
 def test_reads_the_papers_openvla_dictionary():
