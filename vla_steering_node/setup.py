@@ -23,5 +23,6 @@ setup(
     description="ROS 2 node running a steered VLA policy, and the ROS-free steering core.",
     license="Apache-2.0",
     entry_points={"console_scripts": ["vla-steer = vla_steering.cli:main",
-                                      "vla_steering_node = vla_steering_node.node:main"]},
+                                      "vla_steering_node = vla_steering_node.node:main",
+                                      "bag_recorder = vla_steering_node.recorder:main"]},
 )
