@@ -26,7 +26,6 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
@@ -44,6 +43,7 @@ from sim_bridge.libero_env import (
     SimObservation,
     check_action,
 )
+from vla_steering_node import process
 from vla_steering_node.conversions import rgb_to_image, trajectory_actions
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -226,35 +226,9 @@ class SimBridge(Node):
             init_state = (init_state + 1) % len(self.sim.init_states)
 
 
-def spin_until_shutdown(executor: SingleThreadedExecutor) -> None:
-    try:
-        executor.spin()
-    except ExternalShutdownException:
-        pass
-
-
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = SimBridge()
-    except (ImportError, ValueError) as error:
-        rclpy.logging.get_logger("sim_bridge").fatal(f"cannot start: {error}")
-        rclpy.try_shutdown()
-        raise SystemExit(1) from None
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=spin_until_shutdown, args=(executor,), daemon=True)
-    spinner.start()
-    try:
-        node.run()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        rclpy.try_shutdown()
-        spinner.join(timeout=5.0)
-        executor.shutdown()
-        node.sim.close()
-        node.destroy_node()
+    process.run(SimBridge, SimBridge.run, (ImportError, ValueError), "sim_bridge",
+                cleanup=lambda node: node.sim.close(), args=args)
 
 
 if __name__ == "__main__":

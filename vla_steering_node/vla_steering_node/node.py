@@ -23,7 +23,6 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
@@ -35,7 +34,7 @@ from vla_steering.anatomy import primary_stack
 from vla_steering.dictionaries import DictionaryError, load_dictionary
 from vla_steering.policies import ObservationError, PolicyOutputError, SteeredPolicy, make_policy
 from vla_steering.steering import SteeringEngine
-from vla_steering_node import steering_parameters
+from vla_steering_node import process, steering_parameters
 from vla_steering_node.conversions import (
     InputError,
     chunk_to_trajectory,
@@ -259,35 +258,14 @@ def _stamp_ns(msg) -> int:
     return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
 
 
-def spin_until_shutdown(executor: SingleThreadedExecutor) -> None:
-    try:
-        executor.spin()
-    except ExternalShutdownException:
-        pass
+def serve(node: VlaSteeringNode) -> None:
+    while rclpy.ok():
+        node.step()
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = VlaSteeringNode()
-    except (DictionaryError, FileNotFoundError, ImportError, ValueError) as error:
-        rclpy.logging.get_logger("vla_steering_node").fatal(f"cannot start: {error}")
-        rclpy.try_shutdown()
-        raise SystemExit(1) from None
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=spin_until_shutdown, args=(executor,), daemon=True)
-    spinner.start()
-    try:
-        while rclpy.ok():
-            node.step()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        rclpy.try_shutdown()  # wakes the executor
-        spinner.join(timeout=5.0)
-        executor.shutdown()
-        node.destroy_node()
+    process.run(VlaSteeringNode, serve, (DictionaryError, FileNotFoundError, ImportError, ValueError),
+                "vla_steering_node", args=args)
 
 
 if __name__ == "__main__":

@@ -9,18 +9,17 @@ output directory stops the node at start with the reason.
 from __future__ import annotations
 
 import importlib
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from vla_steering.bags import BagError, BagWriter
+from vla_steering_node import process
 
 DEFAULT_TOPICS = [
     "camera/agentview/image_raw:sensor_msgs/msg/Image",
@@ -83,40 +82,22 @@ class BagRecorder(Node):
             self.get_logger().error(f"could not write a {topic} message: {error}", throttle_duration_sec=2.0)
 
 
-def spin_until_shutdown(executor: SingleThreadedExecutor) -> None:
-    try:
-        executor.spin()
-    except ExternalShutdownException:
-        pass
+def idle(node: BagRecorder) -> None:
+    while rclpy.ok():
+        time.sleep(0.1)
+
+
+def close_bag(node: BagRecorder) -> None:
+    node.bag.close()
+    counts = ", ".join(f"{t} {n}" for t, n in sorted(node.bag.counts.items()))
+    lost = {t: n - node.bag.counts[t] for t, n in node.received.items() if n != node.bag.counts[t]}
+    verdict = f"NOT WRITTEN: {lost}" if lost else "every received message written"
+    print(f"[bag_recorder] closed {node.bag.path}: {counts or 'no messages'}; {verdict}", flush=True)
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = BagRecorder()
-    except (BagError, ValueError, ImportError, AttributeError) as error:
-        rclpy.logging.get_logger("bag_recorder").fatal(f"cannot record: {error}")
-        rclpy.try_shutdown()
-        raise SystemExit(1) from None
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=spin_until_shutdown, args=(executor,), daemon=True)
-    spinner.start()
-    try:
-        while rclpy.ok():
-            time.sleep(0.1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        rclpy.try_shutdown()
-        spinner.join(timeout=5.0)
-        node.bag.close()
-        counts = ", ".join(f"{t} {n}" for t, n in sorted(node.bag.counts.items()))
-        lost = {t: n - node.bag.counts[t] for t, n in node.received.items() if n != node.bag.counts[t]}
-        verdict = f"NOT WRITTEN: {lost}" if lost else "every received message written"
-        print(f"[bag_recorder] closed {node.bag.path}: {counts or 'no messages'}; {verdict}", flush=True)
-        executor.shutdown()
-        node.destroy_node()
+    process.run(BagRecorder, idle, (BagError, ValueError, ImportError, AttributeError), "bag_recorder",
+                cleanup=close_bag, args=args)
 
 
 if __name__ == "__main__":

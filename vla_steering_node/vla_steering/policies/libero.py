@@ -37,6 +37,6 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """(H, W, 3) uint8 -> (size, size, 3) uint8, bilinear with antialiasing."""
     if image.shape[0] == size and image.shape[1] == size:
         return image
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    tensor = torch.tensor(image).permute(2, 0, 1)[None].float()  # a copy: ROS buffers are read-only
     out = F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()

@@ -1,0 +1,221 @@
+"""Headless evaluation runs: sim bridge + steering node + bag recorder per episode, then metrics and a report.
+
+``python -m vla_steering_node.evaluation config/eval_demo.yaml [--out DIR]``
+
+The config lists a suite, tasks, init states and conditions; each condition is a baseline, a
+set of strengths (``strengths: {up: 2.0}``) or a *live* change (``live: {at_step: 16,
+strengths: {up: 2.0}}``: the run starts unsteered and the runner sets the strengths through the
+node's SetParameters service — exactly what ``ros2 param set`` calls — when sim time reaches that
+step). One bag per episode, named ``<suite>_t<task>_i<init>_<condition>``; a finished bag is
+not run again (resumable). Then ``results.csv``, ``success_rate.csv``, plots and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from vla_steering.bags import BagError
+from vla_steering.metrics import episode_from_bag, episode_metrics
+from vla_steering.report import write_report
+from vla_steering_node import bringup
+
+CONTROL_PERIOD_S = 0.05
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    strengths: dict = field(default_factory=dict)
+    live_at_step: int | None = None
+    live_strengths: dict = field(default_factory=dict)
+
+    @property
+    def concept(self) -> str:
+        active = {**self.strengths, **self.live_strengths}
+        return next(iter(active), "")
+
+    @property
+    def strength(self) -> float:
+        active = {**self.strengths, **self.live_strengths}
+        return float(next(iter(active.values()), 0.0))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    suite: str
+    tasks: list[int]
+    init_states: list[int]
+    conditions: list[Condition]
+    max_steps: int = 0  # 0 = the suite's limit
+    image_size: int = 128
+    horizon_steps: int = 20
+    policy: str = "demo"
+    checkpoint: str = ""
+    dictionary: str = ""
+    video: bool = False
+    episode_timeout_s: float = 1800.0
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvalConfig:
+        data = yaml.safe_load(Path(path).read_text())
+        conditions = []
+        for c in data.pop("conditions"):
+            live = c.get("live") or {}
+            conditions.append(Condition(str(c["name"]), dict(c.get("strengths") or {}), live.get("at_step"),
+                                        dict(live.get("strengths") or {})))
+        if not any(c.name == "baseline" for c in conditions):
+            raise ValueError("an evaluation needs a condition named 'baseline' to compare against")
+        return cls(conditions=conditions, **data)
+
+
+def _env(domain_id: int) -> dict:
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1")
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    root = Path(__file__).resolve().parents[2]
+    source = os.pathsep.join(str(root / p) for p in ("vla_steering_node", "sim_bridge"))
+    env["PYTHONPATH"] = source + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _start(module: str, args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+
+
+def _stop(process: subprocess.Popen, timeout: float = 30.0) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+class LiveSetter:
+    """Sets steering parameters through SetParameters once sim time reaches a step."""
+
+    def __init__(self, node_name: str, at_step: int, strengths: dict):
+        import rclpy
+        from rosgraph_msgs.msg import Clock
+
+        from vla_steering_node.parameter_client import ParameterClient
+
+        self.rclpy = rclpy
+        rclpy.init()
+        self.node = rclpy.create_node("evaluation_live_setter")
+        self.client = ParameterClient(self.node, node_name)
+        self.at_s = at_step * CONTROL_PERIOD_S
+        self.strengths = strengths
+        self.done = False
+        self.node.create_subscription(Clock, "/clock", self.on_clock, 10)
+
+    def on_clock(self, msg) -> None:
+        now = msg.clock.sec + msg.clock.nanosec * 1e-9
+        if not self.done and now >= self.at_s - 1e-9:
+            self.done = True
+            self.pending = self.client.set_async({f"steering.{k}.strength": float(v) for k, v in
+                                                  self.strengths.items()})
+
+    def spin(self, seconds: float) -> None:
+        self.rclpy.spin_once(self.node, timeout_sec=seconds)
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        self.rclpy.shutdown()
+
+
+def run_episode(config: EvalConfig, task: int, init_state: int, condition: Condition, out: Path,
+                domain_id: int) -> Path:
+    name = f"{config.suite}_t{task}_i{init_state}_{condition.name}"
+    bag = out / "bags" / name
+    if (bag / "metadata.yaml").exists():
+        return bag  # resumable: finished episodes are not run again
+    if bag.exists():  # an interrupted run: start it over
+        import shutil
+
+        shutil.rmtree(bag)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = _env(domain_id)
+    overrides = {f"steering.{k}.strength": float(v) for k, v in condition.strengths.items()}
+    if config.dictionary:
+        overrides["steering.dictionary"] = config.dictionary
+    spec = bringup.steering_node(use_sim_time=True, state_source="libero", policy=config.policy,
+                                 checkpoint=config.checkpoint, **overrides)
+    recorder = _start("vla_steering_node.recorder", ["--ros-args", "-p", f"output_dir:={out / 'bags'}",
+                                                     "-p", f"bag_name:={name}", "-p", "use_sim_time:=true"],
+                      env, logs / f"{name}.recorder.log")
+    steering = _start(spec.module, spec.ros_args(), env, logs / f"{name}.steering.log")
+    bridge_args = ["--ros-args", "-p", f"suite:={config.suite}", "-p", f"task_id:={task}",
+                   "-p", f"init_state:={init_state}", "-p", "episodes:=1", "-p", f"max_steps:={config.max_steps}",
+                   "-p", f"image_size:={config.image_size}"]
+    if config.video:
+        bridge_args += ["-p", f"video_dir:={out / 'videos' / name}"]
+    live = None
+    try:
+        if condition.live_at_step is not None:
+            os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+            live = LiveSetter("/vla_steering_node", condition.live_at_step, condition.live_strengths)
+        bridge = _start("sim_bridge.node", bridge_args, env, logs / f"{name}.bridge.log")
+        deadline = time.monotonic() + config.episode_timeout_s
+        while bridge.poll() is None and time.monotonic() < deadline:
+            if live is not None:
+                live.spin(0.05)
+            else:
+                time.sleep(0.2)
+        if _stop(bridge) != 0:
+            raise RuntimeError(f"{name}: the simulation bridge failed; see {logs / (name + '.bridge.log')}")
+    finally:
+        _stop(steering)
+        _stop(recorder)
+        if live is not None:
+            live.close()
+    if not (bag / "metadata.yaml").exists():
+        raise BagError(f"{name}: the recorder left no closed bag; see {logs / (name + '.recorder.log')}")
+    return bag
+
+
+def evaluate(config: EvalConfig, out: Path, progress: bool = True) -> Path:
+    from tqdm.auto import tqdm
+
+    domain_id = int(os.environ.get("ROS_DOMAIN_ID", 1 + os.getpid() % 100))
+    runs = [(t, i, c) for t in config.tasks for i in config.init_states for c in config.conditions]
+    rows, episodes = [], {}
+    for task, init_state, condition in tqdm(runs, desc="episodes", disable=not progress):
+        bag = run_episode(config, task, init_state, condition, out, domain_id)
+        episode = episode_from_bag(bag)
+        row = {"suite": config.suite, "task_id": task, "init_state": init_state, "condition": condition.name,
+               "concept": condition.concept, "strength": condition.strength, "bag": str(bag)}
+        row.update(episode_metrics(episode, config.horizon_steps))
+        rows.append(row)
+        episodes.setdefault((config.suite, task, init_state), {})[condition.name] = episode
+    return write_report(rows, episodes, out / "report", config.horizon_steps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="evaluation YAML (see config/eval_demo.yaml)")
+    parser.add_argument("--out", default="artifacts/evaluation", help="output directory")
+    args = parser.parse_args(argv)
+    try:
+        report = evaluate(EvalConfig.load(args.config), Path(args.out))
+    except (BagError, RuntimeError, ValueError, FileNotFoundError, KeyError, TypeError) as error:
+        print(f"evaluation failed: {error}", file=sys.stderr)
+        return 1
+    print(f"report: {report}\nresults: {report.parent / 'results.csv'}\nbags: {Path(args.out) / 'bags'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
