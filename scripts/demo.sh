@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: set up (unless --no-setup), then run the demo and print where its outputs are.
-# Today: the offline steering analysis on the real SmolLM2 weights (projection, the 'up'
-# concept, its dictionary and its effect on a prompt), written under artifacts/demo/.
+# The main job: set up (unless --no-setup), then run a short headless steered LIBERO simulation with
+# the built-in demo VLA (config/eval_demo.yaml): a baseline episode, the 'up' concept, its random-neuron
+# control, and an episode where steering.up.strength is set live mid-run through SetParameters.
+# Leaves one rosbag2 (MCAP) bag per episode, a results table, a report with plots and videos.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--no-setup" ]; then
@@ -10,17 +11,9 @@ else
     scripts/setup.sh
     PY=.venv/bin/python
 fi
-out=artifacts/demo
-mkdir -p "$out"
-vla() { "$PY" -m vla_steering.cli "$@"; }
-vla project --model smollm2-135m --out "$out/projection"
-vla search --projection "$out/projection" --keywords up --top-n 20 --min-score 0.3 \
-    --write "$out/up.yaml" --concept up --strength 5 | tee "$out/up_neurons.txt"
-vla validate --dictionary "$out/up.yaml" --model smollm2-135m
-vla effect --model smollm2-135m --dictionary "$out/up.yaml" --concept up --strength 5 \
-    --prompt "The robot arm moves the block" | tee "$out/effect.txt"
-echo
-echo "outputs:"
-echo "  $out/projection/projection.npz, $out/projection/top_tokens.txt  (every neuron's top tokens)"
-echo "  $out/up_neurons.txt, $out/up.yaml                                  (the 'up' concept)"
-echo "  $out/effect.txt                                                    (its effect on a prompt)"
+export MUJOCO_GL=${MUJOCO_GL:-egl}
+export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
+export PYTHONPATH="$PWD/vla_steering_node:$PWD/sim_bridge${PYTHONPATH:+:$PYTHONPATH}"
+out=${OUT:-artifacts/demo}
+"$PY" -m vla_steering_node.evaluation config/eval_demo.yaml --out "$out"
+echo "videos: $out/videos"

@@ -6,6 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
+# Headless rendering for LIBERO (MuJoCo through EGL, Mesa on the CPU).
+if ! ldconfig -p | grep -q 'libEGL.so.1'; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq libegl1 libgl1 libegl-mesa0 libgles2 >/dev/null
+    else
+        echo "setup: libEGL is missing; install libegl1 libgl1 libegl-mesa0 (Debian/Ubuntu) for headless rendering" >&2
+    fi
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
