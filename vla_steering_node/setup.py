@@ -9,7 +9,7 @@ package_name = "vla_steering_node"
 setup(
     name=package_name,
     version="0.1.0",
-    packages=["vla_steering", "vla_steering_node"],
+    packages=["vla_steering", "vla_steering.policies", "vla_steering_node"],
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),
         (f"share/{package_name}", ["package.xml"]),

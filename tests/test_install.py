@@ -1,0 +1,33 @@
+"""The pip path's install (scripts/setup.sh): importable outside the source tree, with what
+`ros2 run` and `ros2 launch` look up (ament index, share/, lib/)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGES = ("vla_steering_node", "sim_bridge", "ur5_driver")
+
+
+def test_installed_modules_import_outside_the_source_tree(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = ("import vla_steering.policies, vla_steering_node.node, vla_steering_node.recorder, "
+            "vla_steering_node.evaluation, sim_bridge.node, vla_steering.cli; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_ament_index_share_and_executables():
+    prefix = Path(sys.prefix)
+    for package in PACKAGES:
+        assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / package).exists()
+        assert (prefix / "share" / package / "package.xml").exists()
+    share = prefix / "share" / "vla_steering_node"
+    assert (share / "launch" / "steering_node.launch.py").exists()
+    assert (share / "config" / "demo_vla_dictionary.yaml").exists()
+    for package, exe in [("vla_steering_node", "vla_steering_node"), ("vla_steering_node", "bag_recorder"),
+                         ("sim_bridge", "sim_bridge")]:
+        path = prefix / "lib" / package / exe
+        assert path.exists() and os.access(path, os.X_OK), path
