@@ -24,5 +24,6 @@ setup(
     license="Apache-2.0",
     entry_points={"console_scripts": ["vla-steer = vla_steering.cli:main",
                                       "vla_steering_node = vla_steering_node.node:main",
-                                      "bag_recorder = vla_steering_node.recorder:main"]},
+                                      "bag_recorder = vla_steering_node.recorder:main",
+                                      "bag_player = vla_steering_node.replay:main"]},
 )
