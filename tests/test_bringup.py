@@ -63,3 +63,18 @@ def test_a_dictionary_that_does_not_fit_stops_the_node_with_a_reason(tmp_path):
     process.process.wait(timeout=120)
     assert process.stop() == 1
     assert "made for intermediate_size 11008, the model has 1536" in process.output()
+
+
+def test_simulation_flow_specs():
+    """What sim.launch.py starts (the evaluation runner starts the same specs, end to end)."""
+    recorder, steering, bridge = bringup.simulation(suite="libero_10", task_id=3, strengths="up=2.0, slow=1",
+                                                    output_dir="/tmp/b", bag_name="x", image_size=128)
+    assert [s.module for s in (recorder, steering, bridge)] == [
+        "vla_steering_node.recorder", "vla_steering_node.node", "sim_bridge.node"]
+    assert steering.parameters["use_sim_time"] is True and steering.parameters["state_source"] == "libero"
+    assert steering.parameters["steering.up.strength"] == 2.0 and steering.parameters["steering.slow.strength"] == 1.0
+    assert bridge.parameters["suite"] == "libero_10" and bridge.parameters["task_id"] == 3
+    assert recorder.parameters == {"output_dir": "/tmp/b", "bag_name": "x", "use_sim_time": True}
+    assert len(bringup.simulation(record=False)) == 2
+    with pytest.raises(ValueError, match="concept=value"):
+        bringup.simulation(strengths="up")

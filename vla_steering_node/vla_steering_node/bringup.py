@@ -54,3 +54,42 @@ def steering_node(params_file: str | Path | None = None, namespace: str = "", us
     params["use_sim_time"] = bool(use_sim_time)
     return NodeSpec("vla_steering_node", "vla_steering_node", "vla_steering_node.node", "vla_steering_node",
                     namespace, params)
+
+
+def parse_strengths(text: str) -> dict[str, float]:
+    """``"up=2.0,down=1"`` -> ``{"steering.up.strength": 2.0, ...}`` (launch-argument form)."""
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"strength {item!r} is not concept=value")
+        out[f"steering.{name.strip()}.strength"] = float(value)
+    return out
+
+
+def sim_bridge(suite: str = "libero_spatial", task_id: int = 0, init_state: int = 0, episodes: int = 1,
+               max_steps: int = 0, image_size: int = 256, video_dir: str = "", namespace: str = "") -> NodeSpec:
+    params = {"suite": suite, "task_id": int(task_id), "init_state": int(init_state), "episodes": int(episodes),
+              "max_steps": int(max_steps), "image_size": int(image_size), "video_dir": video_dir}
+    return NodeSpec("sim_bridge", "sim_bridge", "sim_bridge.node", "sim_bridge", namespace, params)
+
+
+def recorder(output_dir: str = "bags", bag_name: str = "", use_sim_time: bool = True,
+             namespace: str = "") -> NodeSpec:
+    params = {"output_dir": output_dir, "bag_name": bag_name, "use_sim_time": bool(use_sim_time)}
+    return NodeSpec("vla_steering_node", "bag_recorder", "vla_steering_node.recorder", "bag_recorder",
+                    namespace, params)
+
+
+def simulation(suite: str = "libero_spatial", task_id: int = 0, init_state: int = 0, episodes: int = 1,
+               max_steps: int = 0, image_size: int = 256, policy: str = "", checkpoint: str = "",
+               dictionary: str = "", strengths: str = "", record: bool = True, output_dir: str = "bags",
+               bag_name: str = "", video_dir: str = "", namespace: str = "") -> list[NodeSpec]:
+    """The simulation flow: [recorder,] steering node (sim time, LIBERO state), LIBERO bridge."""
+    steering = steering_node(namespace=namespace, use_sim_time=True, state_source="libero", policy=policy,
+                             checkpoint=checkpoint, **{"steering.dictionary": dictionary},
+                             **parse_strengths(strengths))
+    nodes = [steering, sim_bridge(suite, task_id, init_state, episodes, max_steps, image_size, video_dir, namespace)]
+    if record:
+        nodes.insert(0, recorder(output_dir, bag_name, True, namespace))
+    return nodes

@@ -86,8 +86,9 @@ def _env(domain_id: int) -> dict:
     return env
 
 
-def _start(module: str, args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=log.open("w"),
+def _start(spec: bringup.NodeSpec, env: dict, log: Path) -> subprocess.Popen:
+    """Start a launch file's node spec as `python -m module --ros-args ...`."""
+    return subprocess.Popen([sys.executable, "-m", spec.module, *spec.ros_args()], env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
 
 
@@ -148,26 +149,20 @@ def run_episode(config: EvalConfig, task: int, init_state: int, condition: Condi
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = _env(domain_id)
-    overrides = {f"steering.{k}.strength": float(v) for k, v in condition.strengths.items()}
-    if config.dictionary:
-        overrides["steering.dictionary"] = config.dictionary
-    spec = bringup.steering_node(use_sim_time=True, state_source="libero", policy=config.policy,
-                                 checkpoint=config.checkpoint, **overrides)
-    recorder = _start("vla_steering_node.recorder", ["--ros-args", "-p", f"output_dir:={out / 'bags'}",
-                                                     "-p", f"bag_name:={name}", "-p", "use_sim_time:=true"],
-                      env, logs / f"{name}.recorder.log")
-    steering = _start(spec.module, spec.ros_args(), env, logs / f"{name}.steering.log")
-    bridge_args = ["--ros-args", "-p", f"suite:={config.suite}", "-p", f"task_id:={task}",
-                   "-p", f"init_state:={init_state}", "-p", "episodes:=1", "-p", f"max_steps:={config.max_steps}",
-                   "-p", f"image_size:={config.image_size}"]
-    if config.video:
-        bridge_args += ["-p", f"video_dir:={out / 'videos' / name}"]
+    recorder_spec, steering_spec, bridge_spec = bringup.simulation(
+        suite=config.suite, task_id=task, init_state=init_state, episodes=1, max_steps=config.max_steps,
+        image_size=config.image_size, policy=config.policy, checkpoint=config.checkpoint,
+        dictionary=config.dictionary, strengths=",".join(f"{k}={v}" for k, v in condition.strengths.items()),
+        record=True, output_dir=str(out / "bags"), bag_name=name,
+        video_dir=str(out / "videos" / name) if config.video else "")
+    recorder = _start(recorder_spec, env, logs / f"{name}.recorder.log")
+    steering = _start(steering_spec, env, logs / f"{name}.steering.log")
     live = None
     try:
         if condition.live_at_step is not None:
             os.environ["ROS_DOMAIN_ID"] = str(domain_id)
             live = LiveSetter("/vla_steering_node", condition.live_at_step, condition.live_strengths)
-        bridge = _start("sim_bridge.node", bridge_args, env, logs / f"{name}.bridge.log")
+        bridge = _start(bridge_spec, env, logs / f"{name}.bridge.log")
         deadline = time.monotonic() + config.episode_timeout_s
         while bridge.poll() is None and time.monotonic() < deadline:
             if live is not None:
