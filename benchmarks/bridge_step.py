@@ -4,7 +4,7 @@ The bridge runs as its own process in lockstep; a responder here answers every o
 once with a one-step chunk, so each step pays the full observation -> action round trip. Same
 run, same task, 128 and 256 pixels.
 
-Run: PYTHONPATH=vla_steering_node:sim_bridge:tests .venv/bin/python benchmarks/sim_bridge.py
+Run: PYTHONPATH=vla_steering_node:sim_bridge:tests .venv/bin/python benchmarks/bridge_step.py
 """
 
 from __future__ import annotations
