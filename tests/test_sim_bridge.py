@@ -123,3 +123,47 @@ def test_steering_node_drives_the_simulation(ros, tmp_path, suite, task):
     image_stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in watcher.images}
     assert len(watcher.actions) == 2  # 8 steps / 4-step chunks
     assert all((a.header.stamp.sec, a.header.stamp.nanosec) in image_stamps for a in watcher.actions)
+
+
+def test_services_choose_task_and_init_state_and_videos_are_written(ros, tmp_path):
+    import cv2
+    from std_srvs.srv import Trigger
+
+    from vla_steering_node.parameter_client import ParameterClient
+
+    watcher = Watcher(act=lambda n: [[0, 0, 0.3, 0, 0, 0, -1]])
+    process = bridge("libero_spatial", 0, 200, tmp_path / "bridge.log", episodes=0, video_dir=str(tmp_path / "v"))
+
+    def call(future):
+        assert wait_for(future.done, 30, watcher.spin)
+        return future.result()
+
+    def starts():
+        return [values(e) for e in watcher.events if e.message == "start"]
+
+    try:
+        assert wait_for(lambda: len(watcher.images) >= 3 or not process.alive(), 240, watcher.spin), \
+            process.output()[-3000:]
+        next_episode = watcher.node.create_client(Trigger, "/sim_bridge/next_episode")
+        assert next_episode.wait_for_service(timeout_sec=10)
+        assert call(next_episode.call_async(Trigger.Request())).success
+        assert wait_for(lambda: len(starts()) == 2, 60, watcher.spin)
+        assert starts()[1]["init_state"] == "1" and starts()[1]["task_id"] == "0"
+        params = ParameterClient(watcher.node, "/sim_bridge")
+        assert all(r.successful for r in call(params.set_async({"task_id": 1, "init_state": 2})).results)
+        reset = watcher.node.create_client(Trigger, "/sim_bridge/reset")
+        assert call(reset.call_async(Trigger.Request())).success
+        assert wait_for(lambda: len(starts()) == 3, 120, watcher.spin), process.output()[-3000:]
+        assert starts()[2]["task_id"] == "1" and starts()[2]["init_state"] == "2"
+        assert starts()[2]["instruction"] != starts()[0]["instruction"]
+        assert call(params.set_async({"init_state": 99})).results[0].successful
+        refused = call(reset.call_async(Trigger.Request()))
+        assert not refused.success and "out of range" in refused.message
+    finally:
+        process.stop()
+        watcher.node.destroy_node()
+    assert [e.message for e in watcher.events][:5] == ["start", "interrupted", "start", "interrupted", "start"]
+    videos = sorted((tmp_path / "v").glob("*.mp4"))
+    assert [v.name for v in videos][:2] == ["libero_spatial_task0_init0.mp4", "libero_spatial_task0_init1.mp4"]
+    frames = cv2.VideoCapture(str(videos[0])).get(cv2.CAP_PROP_FRAME_COUNT)
+    assert frames >= 3

@@ -9,9 +9,9 @@ step takes 5 ms or 300 ms of wall time.
 
 Episode events (start / success / timeout) go to ``episode_events`` as DiagnosticStatus
 (message = event; values = suite, task_id, init_state, seed, steps, instruction, no-op steps).
-Services ``~/reset`` (restart the episode) and ``~/next_episode`` (next init state) are
-std_srvs/Trigger. ``suite`` and ``task_id`` are read-only (a task is one simulator);
-``init_state`` is the first episode's init state, later episodes take the next ones.
+Services ``~/reset`` (start an episode from the ``task_id`` and ``init_state`` parameters, which
+can be set live) and ``~/next_episode`` (the next init state) are std_srvs/Trigger; without them,
+episodes run from ``init_state`` on, one init state after another.
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ class SimBridge(Node):
         super().__init__("sim_bridge")
         read_only = ParameterDescriptor(read_only=True)
         self.declare_parameter("suite", "libero_spatial", read_only)
-        self.declare_parameter("task_id", 0, read_only)
-        self.declare_parameter("init_state", 0, read_only)
+        self.declare_parameter("task_id", 0, ParameterDescriptor(description="task; applies at ~/reset"))
+        self.declare_parameter("init_state", 0, ParameterDescriptor(
+            description="init state (0-49) of the first episode, and of the episode ~/reset starts"))
         self.declare_parameter("episodes", 1, ParameterDescriptor(
             description="episodes to run (init states init_state, init_state+1, ...); 0 = until shut down"))
         self.declare_parameter("max_steps", 0, ParameterDescriptor(description="0 = the suite's limit"))
@@ -99,8 +100,14 @@ class SimBridge(Node):
             self._action_arrived.notify_all()
 
     def on_reset(self, request, response):
-        self._restart = self.sim.init_state
-        response.success, response.message = True, f"restarting init state {self._restart}"
+        task, init_state = self.get_parameter("task_id").value, self.get_parameter("init_state").value
+        if not 0 <= task < self.sim.suite.n_tasks or not 0 <= init_state < len(self.sim.init_states):
+            response.success = False
+            response.message = (f"task_id {task} / init_state {init_state} out of range "
+                                f"(0..{self.sim.suite.n_tasks - 1} / 0..{len(self.sim.init_states) - 1})")
+            return response
+        self._restart = init_state
+        response.success, response.message = True, f"starting task {task} init state {init_state}"
         return response
 
     def on_next(self, request, response):
@@ -191,6 +198,8 @@ class SimBridge(Node):
                 if video is not None:
                     video.write(obs.agentview[..., ::-1])
                 if self._restart is not None:
+                    if video is not None:
+                        video.release()
                     return "interrupted"
                 if success or self.sim.steps >= limit:
                     self.publish_state(obs, with_images=False)
@@ -220,7 +229,13 @@ class SimBridge(Node):
         while rclpy.ok() and (episodes == 0 or done < episodes):
             outcome = self.run_episode(init_state)
             if outcome == "interrupted":
+                self.event("interrupted")
                 init_state, self._restart = self._restart, None
+                task = self.get_parameter("task_id").value
+                if task != self.sim.task_id:  # another task is another simulator
+                    self.sim.close()
+                    self.sim = LiberoEpisodes(self.sim.suite_name, task, self.get_parameter("image_size").value,
+                                              self.get_parameter("seed").value)
                 continue
             done += 1
             init_state = (init_state + 1) % len(self.sim.init_states)
