@@ -82,3 +82,29 @@ def test_unwritable_output_is_refused_at_start(tmp_path):
                           log=tmp_path / "r.log")
     process.process.wait(60)
     assert process.stop() == 1 and "cannot write bags" in process.output()
+
+
+def test_one_bag_per_episode(node, tmp_path):
+    from diagnostic_msgs.msg import KeyValue
+
+    process = start(tmp_path, name="eval", split="episode")
+    events = node.create_publisher(DiagnosticStatus, "episode_events", QoSProfile(
+        depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    actions = node.create_publisher(JointTrajectory, "action_chunk", QoSProfile(depth=200))
+    assert wait_for(lambda: actions.get_subscription_count() > 0 and events.get_subscription_count() > 0, 60)
+    for episode in range(2):
+        events.publish(DiagnosticStatus(name="episode", message="start", values=[
+            KeyValue(key="suite", value="libero_10"), KeyValue(key="task_id", value="4"),
+            KeyValue(key="init_state", value=str(episode))]))
+        spin(node, 0.3)
+        for i in range(5 + episode):
+            actions.publish(action(i))
+        spin(node, 0.3)
+        events.publish(DiagnosticStatus(name="episode", message="timeout"))
+        spin(node, 0.3)
+    assert process.stop() == 0, process.output()
+    bags = sorted(tmp_path.glob("eval_libero_10_t4_i*"))
+    assert [b.name[:len("eval_libero_10_t4_i0")] for b in bags] == ["eval_libero_10_t4_i0", "eval_libero_10_t4_i1"]
+    assert [bag_counts(b)["/action_chunk"] for b in bags] == [5, 6]
+    assert [bag_counts(b)["/episode_events"] for b in bags] == [2, 2]
+    assert "every received message written" in process.output()

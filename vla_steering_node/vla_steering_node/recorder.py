@@ -1,7 +1,9 @@
 """bag_recorder: records the topic contract into one rosbag2 MCAP bag (works without rosbag2).
 
 Every message received is written as the CDR bytes DDS delivered (``raw`` subscriptions), with
-the node clock's time (sim time under ``use_sim_time``). Counts per topic are in the bag's
+the node clock's time (sim time under ``use_sim_time``). ``split: run`` (default) writes one bag;
+``split: episode`` starts a new bag at each ``start`` episode event, named
+``<bag_name>_<suite>_t<task>_i<init state>_<time>``. Counts per topic are in the bag's
 metadata. SIGINT / SIGTERM close the bag, so it is always readable; an unwritable or full
 output directory stops the node at start with the reason.
 """
@@ -58,28 +60,58 @@ class BagRecorder(Node):
             read_only=True, description="bag directory name; default run_<wall time>"))
         self.declare_parameter("topics", DEFAULT_TOPICS, ParameterDescriptor(
             read_only=True, description="topic:package/msg/Type entries"))
-        name = self.get_parameter("bag_name").value or time.strftime("run_%Y%m%d_%H%M%S")
-        path = Path(self.get_parameter("output_dir").value).expanduser() / name
+        self.declare_parameter("split", "run", ParameterDescriptor(
+            read_only=True, description="run: one bag; episode: a new bag at each episode start event"))
+        if self.get_parameter("split").value not in ("run", "episode"):
+            raise ValueError("split must be 'run' or 'episode'")
+        self.name = self.get_parameter("bag_name").value or time.strftime("run_%Y%m%d_%H%M%S")
+        self.output_dir = Path(self.get_parameter("output_dir").value).expanduser()
+        path = self.output_dir / self.name
         topics = []
         for entry in self.get_parameter("topics").value:
             topic, _, msgtype = entry.rpartition(":")
             if not topic or msgtype.count("/") != 2:
                 raise ValueError(f"topic entry {entry!r} is not topic:package/msg/Type")
             topics.append((self.resolve_topic_name(topic), msgtype))
+        self.topics = topics
         self.bag = BagWriter(path, topics)
+        self.bags = [self.bag]
         self.received: Counter[str] = Counter()
+        self.events_topic = self.resolve_topic_name("episode_events")
         for (topic, msgtype), entry in zip(topics, self.get_parameter("topics").value):
             relative = entry.rpartition(":")[0]
             self.create_subscription(message_class(msgtype), relative, lambda data, t=topic: self.on_message(t, data),
                                      qos_for(relative, msgtype), raw=True)
         self.get_logger().info(f"recording {len(topics)} topics into {path}")
 
+    def maybe_split(self, data: bytes) -> None:
+        """At an episode's start event, close the current bag and open the episode's own."""
+        from diagnostic_msgs.msg import DiagnosticStatus
+        from rclpy.serialization import deserialize_message
+
+        event = deserialize_message(data, DiagnosticStatus)
+        if event.message != "start":
+            return
+        path = self.output_dir / _episode_bag_name(self.name, event)
+        self.bag.close()
+        self.bag = BagWriter(path, self.topics)
+        self.bags.append(self.bag)
+        self.get_logger().info(f"episode started: recording into {path}")
+
     def on_message(self, topic: str, data: bytes) -> None:
         self.received[topic] += 1
+        if topic == self.events_topic and self.get_parameter("split").value == "episode":
+            self.maybe_split(data)
         try:
             self.bag.write(topic, self.get_clock().now().nanoseconds, data)
         except (BagError, OSError) as error:  # e.g. the disk filled up: say so, keep what is written
             self.get_logger().error(f"could not write a {topic} message: {error}", throttle_duration_sec=2.0)
+
+
+def _episode_bag_name(base: str, event) -> str:
+    values = {kv.key: kv.value for kv in event.values}
+    return (f"{base}_{values.get('suite', 'episode')}_t{values.get('task_id', 'x')}_i{values.get('init_state', 'x')}"
+            f"_{time.strftime('%Y%m%d_%H%M%S')}")
 
 
 def idle(node: BagRecorder) -> None:
@@ -89,10 +121,14 @@ def idle(node: BagRecorder) -> None:
 
 def close_bag(node: BagRecorder) -> None:
     node.bag.close()
-    counts = ", ".join(f"{t} {n}" for t, n in sorted(node.bag.counts.items()))
-    lost = {t: n - node.bag.counts[t] for t, n in node.received.items() if n != node.bag.counts[t]}
+    written: Counter[str] = Counter()
+    for bag in node.bags:
+        written.update(bag.counts)
+    counts = ", ".join(f"{t} {n}" for t, n in sorted(written.items()))
+    lost = {t: n - written[t] for t, n in node.received.items() if n != written[t]}
     verdict = f"NOT WRITTEN: {lost}" if lost else "every received message written"
-    print(f"[bag_recorder] closed {node.bag.path}: {counts or 'no messages'}; {verdict}", flush=True)
+    paths = ", ".join(str(b.path) for b in node.bags)
+    print(f"[bag_recorder] closed {paths}: {counts or 'no messages'}; {verdict}", flush=True)
 
 
 def main(args=None) -> None:
