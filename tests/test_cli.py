@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 from conftest import REFERENCE_DICTIONARIES
 
@@ -43,3 +45,13 @@ def test_convert_reference_to_native(tmp_path):
                  "--out", str(target)]) == 0
     data = yaml.safe_load(target.read_text())
     assert data["format"] == "vla-steer/v1" and 21 in data["concepts"]["up_10"]["neurons"]
+
+
+def test_act_prints_unsteered_and_steered_chunks(capsys):
+    dictionary = Path(__file__).resolve().parents[1] / "config" / "demo_vla_dictionary.yaml"
+    assert main(["act", "--instruction", "move left", "--dictionary", str(dictionary), "--concept", "up",
+                 "--strength", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ee_delta_7d" in out and "unsteered" in out and "steered (up at 2.0, clamp)" in out
+    assert main(["act", "--instruction", "x", "--dictionary", str(dictionary), "--concept", "nope"]) == 1
+    assert "unknown concept 'nope'" in capsys.readouterr().err
