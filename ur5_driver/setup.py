@@ -18,5 +18,5 @@ setup(
     maintainer_email="maintainers@vla-steer.dev",
     description="ur5_driver for vla-steer.",
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["ur5_driver = ur5_driver.node:main", "ur_emulator = ur5_driver.emulator:main"]},
 )

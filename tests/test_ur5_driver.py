@@ -1,0 +1,145 @@
+"""ur5_driver against the UR controller emulator, with the real ur_rtde client, over ROS."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import numpy as np
+import pytest
+from ros_harness import NodeProcess, unique_domain_id, wait_for
+
+DOMAIN = unique_domain_id()
+os.environ.update(ROS_DOMAIN_ID=str(DOMAIN), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("rtde_control")
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+
+from ur5_driver.emulator import HOME  # noqa: E402
+from ur5_driver.safety import SafetyLimits  # noqa: E402
+
+LIMITS = SafetyLimits()
+SERVO_PERIOD = 1 / 125
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_emulator(log, tmp_path) -> NodeProcess:
+    process = NodeProcess("ur5_driver.emulator", DOMAIN, log=tmp_path / f"emulator{time.monotonic_ns()}.log",
+                          ros_args=["--log", str(log)])
+    assert wait_for(lambda: port_open(30004) and port_open(29999), 30)
+    return process
+
+
+def commands(log) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+class Client:
+    def __init__(self):
+        self.node = rclpy.create_node("ur5_test_client")
+        self.joints, self.poses, self.status = [], [], []
+        self.node.create_subscription(JointState, "joint_states", self.joints.append, qos_profile_sensor_data)
+        self.node.create_subscription(PoseStamped, "ee_pose", self.poses.append, qos_profile_sensor_data)
+        self.node.create_subscription(DiagnosticStatus, "robot_status", self.status.append, 10)
+        self.actions = self.node.create_publisher(JointTrajectory, "action_chunk", 10)
+
+    def spin(self, seconds):
+        rclpy.spin_once(self.node, timeout_sec=seconds)
+
+    def wait(self, seconds):
+        wait_for(lambda: False, seconds, self.spin)
+
+    def send(self, rows):
+        msg = JointTrajectory(joint_names=["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"])
+        msg.header.frame_id = "ee_delta_7d"
+        for i, row in enumerate(rows):
+            point = JointTrajectoryPoint(positions=[float(v) for v in row])
+            point.time_from_start.nanosec = int((i + 1) * 0.05 * 1e9)
+            msg.points.append(point)
+        self.actions.publish(msg)
+
+    def latest(self):
+        return {kv.key: kv.value for kv in self.status[-1].values} if self.status else {}
+
+
+@pytest.fixture()
+def rig(tmp_path):
+    rclpy.init()
+    log = tmp_path / "commands.jsonl"
+    emulator = start_emulator(log, tmp_path)
+    driver = NodeProcess("ur5_driver.node", DOMAIN, {"robot_ip": "127.0.0.1", "dry_run": False},
+                         log=tmp_path / "driver.log")
+    client = Client()
+    try:
+        assert wait_for(lambda: len(client.joints) > 5 and client.status or not driver.alive(), 60, client.spin), \
+            driver.output()[-3000:]
+        yield emulator, driver, client, log
+    finally:
+        code = driver.stop()
+        emulator.stop()
+        client.node.destroy_node()
+        rclpy.shutdown()
+        assert code == 0, driver.output()[-3000:]
+
+
+def check_limits(entries):
+    servo = [e for e in entries if e["command"] == "servoL"]
+    for e in entries:
+        assert all(np.isfinite(e["doubles"])), e
+    poses = np.array([e["doubles"][:6] for e in servo])
+    assert np.all(poses[:, :3] >= np.array(LIMITS.workspace_min) - 1e-9)
+    assert np.all(poses[:, :3] <= np.array(LIMITS.workspace_max) + 1e-9)
+    steps = np.linalg.norm(np.diff(poses[:, :3], axis=0), axis=1)
+    assert np.all(steps <= min(LIMITS.max_step_translation, LIMITS.max_linear_speed * SERVO_PERIOD) + 1e-9)
+    return servo
+
+
+def test_state_actions_limits_and_watchdog(rig):
+    _, _, client, log = rig
+    assert np.allclose(list(client.joints[-1].position), HOME, atol=1e-6)  # joint states track the emulator
+    z0 = client.poses[-1].pose.position.z
+    for _ in range(10):  # 'up' chunks, then silence
+        client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
+        client.wait(0.2)
+    client.send([[np.nan] * 7] * 4)  # refused, never commanded
+    client.send([[5, -5, 9, 0, 0, 0, 1]] * 4)  # out of range: clipped, then limited
+    client.wait(1.0)
+    assert client.poses[-1].pose.position.z > z0 + 0.02  # the emulated TCP went up
+    entries = commands(log)
+    servo = check_limits(entries)  # nothing beyond the limits reached the "robot"
+    assert len(servo) > 100
+    stops = [e for e in entries if e["command"] == "servoStop"]
+    assert stops, "the watchdog never stopped the arm"
+    silence = stops[-1]["t"] - servo[-1]["t"]
+    assert 0 <= silence <= 2 * 0.05 + 0.05  # within two control periods (plus scheduling slack)
+    assert int(client.latest()["refused"]) >= 1
+
+
+def test_protective_stop_blocks_motion_until_unlocked(rig):
+    _, _, client, log = rig
+    log.with_suffix(".protective_stop").touch()
+    assert wait_for(lambda: client.latest().get("protective_stop") == "True", 10, client.spin)
+    for _ in range(5):
+        client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
+        client.wait(0.2)
+    assert not [e for e in commands(log) if e["command"] == "servoL" and e["protective_stop"]]
+    unlock = client.node.create_client(Trigger, "/ur5_driver/unlock_protective_stop")
+    assert unlock.wait_for_service(timeout_sec=10)
+    future = unlock.call_async(Trigger.Request())
+    assert wait_for(future.done, 10, client.spin) and future.result().success
+    assert wait_for(lambda: client.latest().get("protective_stop") == "False", 10, client.spin)
+    before = len(commands(log))
+    client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
+    client.wait(0.5)
+    assert len([e for e in commands(log)[before:] if e["command"] == "servoL"]) > 5

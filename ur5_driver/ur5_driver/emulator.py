@@ -1,0 +1,407 @@
+"""A protocol-level UR controller emulator that the real ``ur_rtde`` client connects to.
+
+``python -m ur5_driver.emulator [--host 127.0.0.1] [--log commands.jsonl] [--e-series]``
+
+Backed by the kinematic UR5 model (:mod:`ur5_driver.kinematics`). It serves:
+
+* RTDE on 30004: big-endian frames (uint16 size including the 3-byte header, uint8 type):
+  'V' protocol version (reply 1 = accepted), 'v' controller version (e-Series 5.x -> the client
+  uses 500 Hz, CB3 3.x -> 125 Hz), 'O' output setup (double frequency + names; reply recipe id +
+  types, NOT_FOUND for an unknown name), 'I' input setup (reply recipe id + types, IN_USE if
+  another connection owns a field), 'S'/'P' start/pause, then 'U' data packages streamed at the
+  requested frequency; recipe ids are handed out 1, 2, 3... in order, per connection;
+* the dashboard on 29999 (greeting, then one reply line per command);
+* the script port 30003: the control script ur_rtde uploads; after it, ``runtime_state`` is
+  PLAYING (2).
+
+The control script's command protocol runs over registers: command id in
+``input_int_register_0``, doubles from ``input_double_register_0``, script state in
+``output_int_register_0`` (1 ready, 2 done); with the client's upper-range flag everything moves
+up by 24 (``input_int_register_24`` ...), which the emulator follows. Every command received is appended to the
+``--log`` JSON-lines file, so tests can check everything that reached the "robot". A protective
+stop (``touch <log>.protective_stop``, or the dashboard command ``emulator protective stop``)
+sets bit 2 of ``safety_status_bits``; the arm then ignores motion until ``unlock protective stop``.
+It must run in its own process: the ur_rtde bindings hold the GIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ur5_driver.kinematics import IKError, fk, ik
+
+HOME = np.array([0.0, -1.57, 1.57, -1.57, -1.57, 0.0])
+COMMANDS = {0: "clear", 1: "moveJ", 3: "moveL", 9: "speedJ", 10: "speedL", 11: "servoJ", 15: "speedStop",
+            16: "servoStop", 24: "servoL", 33: "stopL", 34: "stopJ", 35: "setWatchdog", 255: "stopScript"}
+REALTIME = {9, 10, 11, 24}
+VECTOR6D = {"target_q", "target_qd", "target_qdd", "target_current", "target_moment", "actual_q", "actual_qd",
+            "actual_current", "joint_control_output", "actual_TCP_pose", "actual_TCP_speed", "actual_TCP_force",
+            "target_TCP_pose", "target_TCP_speed", "joint_temperatures", "actual_joint_voltage", "ft_raw_wrench",
+            "tcp_offset", "external_force_torque", "payload_inertia"}
+VECTOR3D = {"actual_tool_accelerometer", "payload_cog", "elbow_position", "elbow_velocity"}
+UINT64 = {"actual_digital_input_bits", "actual_digital_output_bits"}
+UINT32 = {"runtime_state", "robot_status_bits", "safety_status_bits", "output_bit_registers0_to_31",
+          "output_bit_registers32_to_63", "analog_io_types", "tool_mode", "script_control_line"}
+INT32 = {"robot_mode", "safety_mode", "safety_status", "tool_output_voltage"}
+DOUBLE = {"timestamp", "actual_execution_time", "speed_scaling", "target_speed_fraction", "actual_momentum",
+          "actual_main_voltage", "actual_robot_voltage", "actual_robot_current", "standard_analog_input0",
+          "standard_analog_input1", "standard_analog_output0", "standard_analog_output1", "payload",
+          "io_current", "tool_output_current", "tool_temperature", "tool_analog_input0", "tool_analog_input1"}
+PACK = {"DOUBLE": "d", "VECTOR6D": "6d", "VECTOR3D": "3d", "UINT64": "Q", "UINT32": "I", "INT32": "i",
+        "VECTOR6INT32": "6i", "UINT8": "B", "BOOL": "?"}
+
+
+def rtde_type(name: str) -> str | None:
+    """The RTDE type of a variable name, None if this controller has no such variable."""
+    for names, kind in ((VECTOR6D, "VECTOR6D"), (VECTOR3D, "VECTOR3D"), (UINT64, "UINT64"), (UINT32, "UINT32"),
+                        (INT32, "INT32"), (DOUBLE, "DOUBLE")):
+        if name in names:
+            return kind
+    if name == "joint_mode":
+        return "VECTOR6INT32"
+    for prefix, kind in (("input_int_register_", "INT32"), ("output_int_register_", "INT32"),
+                         ("input_double_register_", "DOUBLE"), ("output_double_register_", "DOUBLE"),
+                         ("input_bit_register_", "BOOL"), ("output_bit_register_", "BOOL")):
+        if name.startswith(prefix) and name[len(prefix):].isdigit() and int(name[len(prefix):]) < 48:
+            return kind
+    inputs = {"speed_slider_mask": "UINT32", "speed_slider_fraction": "DOUBLE", "standard_digital_output_mask": "UINT8",
+              "standard_digital_output": "UINT8", "configurable_digital_output_mask": "UINT8",
+              "configurable_digital_output": "UINT8", "tool_digital_output_mask": "UINT8",
+              "tool_digital_output": "UINT8", "standard_analog_output_mask": "UINT8",
+              "standard_analog_output_type": "UINT8", "input_bit_registers0_to_31": "UINT32",
+              "input_bit_registers32_to_63": "UINT32"}
+    return inputs.get(name)
+
+
+class Controller:
+    """The emulated arm and controller state, shared by the servers (one lock)."""
+
+    def __init__(self, log: Path | None, e_series: bool):
+        self.lock = threading.Lock()
+        self.q = HOME.copy()
+        self.target_q = HOME.copy()
+        self.qd = np.zeros(6)
+        self.e_series = e_series
+        self.robot_mode = 7  # RUNNING
+        self.safety_mode = 1  # NORMAL
+        self.protective_stop = False
+        self.runtime_state = 1  # STOPPED until a program is uploaded or played
+        self.registers: dict[str, float] = {}
+        self.script_state = 1
+        self.last_command = 0
+        self.log = log
+        self.input_owner: dict[str, int] = {}
+        self.start = time.monotonic()
+        self.watchdog_s = 0.0
+        self.last_input = time.monotonic()
+        self.max_joint_speed = 3.0  # rad/s, what the emulated joints can do
+        self.offset = 0  # register range the client uses (0, or 24 with its upper-range flag)
+
+    # ------------------------------------------------------------------ motion
+    def step(self, dt: float) -> None:
+        with self.lock:
+            if self.watchdog_s and time.monotonic() - self.last_input > self.watchdog_s and self.runtime_state == 2:
+                self.target_q = self.q.copy()  # the control script's watchdog stops the arm
+            if self.protective_stop:
+                self.target_q = self.q.copy()
+            move = np.clip(self.target_q - self.q, -self.max_joint_speed * dt, self.max_joint_speed * dt)
+            self.q = self.q + move
+            self.qd = move / dt
+
+    def outputs(self, name: str):
+        q, pose = self.q, fk(self.q)
+        values = {"timestamp": time.monotonic() - self.start, "actual_q": q, "target_q": self.target_q,
+                  "actual_qd": self.qd, "target_qd": self.qd, "actual_TCP_pose": pose,
+                  "target_TCP_pose": fk(self.target_q), "robot_mode": self.robot_mode,
+                  "safety_mode": 3 if self.protective_stop else self.safety_mode,
+                  "safety_status": 3 if self.protective_stop else self.safety_mode,
+                  "safety_status_bits": (1 << 0) | ((1 << 2) if self.protective_stop else 0),
+                  "robot_status_bits": 0b1111, "runtime_state": self.runtime_state, "speed_scaling": 1.0,
+                  "target_speed_fraction": 1.0, f"output_int_register_{self.offset}": self.script_state,
+                  "joint_mode": [253] * 6}
+        if name in values:
+            return values[name]
+        kind = rtde_type(name)
+        if name.startswith("output_") and name in self.registers:
+            return self.registers[name]
+        return {"VECTOR6D": np.zeros(6), "VECTOR3D": np.zeros(3), "VECTOR6INT32": [0] * 6}.get(kind, 0)
+
+    # ------------------------------------------------------------------ commands
+    def apply_inputs(self, values: dict[str, float]) -> None:
+        with self.lock:
+            self.registers.update(values)
+            self.last_input = time.monotonic()
+            key = f"input_int_register_{self.offset}"
+            if key not in values:
+                return
+            command = int(values[key])
+            doubles = [float(self.registers.get(f"input_double_register_{self.offset + i}", 0.0))
+                       for i in range(24)]
+            self.record(command, doubles)
+            self.execute(command, doubles)
+
+    def record(self, command: int, doubles: list[float]) -> None:
+        if self.log is None or command == 0:
+            return
+        entry = {"t": time.monotonic() - self.start, "command": COMMANDS.get(command, str(command)),
+                 "id": command, "doubles": doubles[:12], "protective_stop": self.protective_stop}
+        with self.log.open("a") as out:
+            out.write(json.dumps(entry) + "\n")
+
+    def execute(self, command: int, d: list[float]) -> None:
+        if command == 0:
+            self.script_state = 1
+            return
+        moving = command in (1, 3, 9, 10, 11, 24)
+        if moving and (self.protective_stop or self.runtime_state != 2):
+            self.script_state = 1 if command in REALTIME else 2
+            return
+        if command in (11, 1):  # servoJ / moveJ: joint target
+            self.target_q = np.asarray(d[:6])
+        elif command in (24, 3):  # servoL / moveL: pose target
+            try:
+                self.target_q = ik(np.asarray(d[:6]), self.q)
+            except IKError:
+                pass
+        elif command in (9, 10):  # speedJ / speedL: hold a velocity for one step
+            if command == 9:
+                self.target_q = self.q + np.asarray(d[:6]) * 0.008
+        elif command in (15, 16, 33, 34):  # stops
+            self.target_q = self.q.copy()
+        elif command == 35:  # setWatchdog(min frequency)
+            self.watchdog_s = 1.0 / d[0] if d[0] > 0 else 0.0
+        elif command == 255:
+            self.runtime_state = 1
+        self.script_state = 1 if command in REALTIME else 2  # real-time commands return at once
+        self.last_command = command
+
+
+def _recv(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def _frame(kind: str, payload: bytes) -> bytes:
+    return struct.pack(">HB", 3 + len(payload), ord(kind)) + payload
+
+
+class RTDEConnection:
+    def __init__(self, controller: Controller, conn: socket.socket, ident: int):
+        self.c, self.conn, self.ident = controller, conn, ident
+        self.outputs: tuple[int, list[str], list[str], float] | None = None
+        self.inputs: dict[int, tuple[list[str], list[str]]] = {}
+        self.recipes = 0  # recipe ids are per connection: 1, 2, 3... in order
+        self.streaming = threading.Event()
+        self.send_lock = threading.Lock()
+
+    def send(self, data: bytes) -> None:
+        with self.send_lock:
+            self.conn.sendall(data)
+
+    def serve(self) -> None:
+        threading.Thread(target=self.stream, daemon=True).start()
+        try:
+            while True:
+                size, kind = struct.unpack(">HB", _recv(self.conn, 3))
+                self.handle(chr(kind), _recv(self.conn, size - 3))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self.streaming.clear()
+            with self.c.lock:
+                for name in [n for n, owner in self.c.input_owner.items() if owner == self.ident]:
+                    del self.c.input_owner[name]
+            self.conn.close()
+
+    def handle(self, kind: str, body: bytes) -> None:
+        c = self.c
+        if kind == "V":
+            self.send(_frame("V", b"\x01"))
+        elif kind == "v":
+            major, minor = (5, 9) if c.e_series else (3, 15)
+            self.send(_frame("v", struct.pack(">IIII", major, minor, 0, 0)))
+        elif kind == "O":
+            frequency = struct.unpack(">d", body[:8])[0]
+            names = [n for n in body[8:].decode().split(",") if n]
+            types = [rtde_type(n) or "NOT_FOUND" for n in names]
+            self.recipes += 1
+            recipe = self.recipes
+            self.outputs = (recipe, names, types, frequency)
+            self.send(_frame("O", bytes([recipe]) + ",".join(types).encode()))
+        elif kind == "I":
+            names = [n for n in body.decode().split(",") if n]
+            with c.lock:
+                types = [rtde_type(n) or "NOT_FOUND" for n in names]
+                types = ["IN_USE" if c.input_owner.get(n, self.ident) != self.ident else t
+                         for n, t in zip(names, types)]
+                self.recipes += 1
+                recipe = self.recipes
+                if "IN_USE" not in types and "NOT_FOUND" not in types:
+                    c.input_owner.update({n: self.ident for n in names})
+                    if "input_int_register_24" in names:
+                        c.offset = 24
+                    self.inputs[recipe] = (names, types)
+            self.send(_frame("I", bytes([recipe if "IN_USE" not in types else 0]) + ",".join(types).encode()))
+        elif kind == "S":
+            self.streaming.set()
+            self.send(_frame("S", b"\x01"))
+        elif kind == "P":
+            self.streaming.clear()
+            self.send(_frame("P", b"\x01"))
+        elif kind == "U":
+            recipe = body[0]
+            if recipe in self.inputs:
+                names, types = self.inputs[recipe]
+                values, offset = {}, 1
+                for name, kind in zip(names, types):  # the client may send a recipe's leading fields only
+                    size = struct.calcsize(">" + PACK[kind])
+                    if offset + size > len(body):
+                        break
+                    values[name] = struct.unpack_from(">" + PACK[kind], body, offset)[0]
+                    offset += size
+                c.apply_inputs(values)
+
+    def stream(self) -> None:
+        while True:
+            if not self.streaming.wait(0.1):
+                if self.conn.fileno() < 0:
+                    return
+                continue
+            recipe, names, types, frequency = self.outputs
+            start = time.monotonic()
+            with self.c.lock:
+                values = []
+                for name in names:
+                    value = self.c.outputs(name)
+                    values += list(np.asarray(value).ravel()) if np.ndim(value) else [value]
+            fmt = ">B" + "".join(PACK[t] for t in types)
+            try:
+                self.send(_frame("U", struct.pack(fmt, recipe, *[_cast(v) for v in values])))
+            except OSError:
+                return
+            time.sleep(max(0.0, 1.0 / frequency - (time.monotonic() - start)))
+
+
+def _cast(value):
+    return bool(value) if isinstance(value, np.bool_) else (int(value) if isinstance(value, np.integer) else value)
+
+
+def dashboard(controller: Controller, conn: socket.socket) -> None:
+    c = controller
+    conn.sendall(b"Connected: Universal Robots Dashboard Server\n")
+    replies = {
+        "polyscopeversion": lambda: "URSoftware 5.9.0.0 (emulated)" if c.e_series else "URSoftware 3.15.0 (emulated)",
+        "get serial number": lambda: "20185500001",
+        "robotmode": lambda: "Robotmode: RUNNING",
+        "safetystatus": lambda: "Safetystatus: PROTECTIVE_STOP" if c.protective_stop else "Safetystatus: NORMAL",
+        "safetymode": lambda: "Safetymode: PROTECTIVE_STOP" if c.protective_stop else "Safetymode: NORMAL",
+        "is in remote control": lambda: "true",
+        "running": lambda: f"Program running: {str(c.runtime_state == 2).lower()}",
+        "programstate": lambda: "PLAYING rtde_control" if c.runtime_state == 2 else "STOPPED rtde_control",
+        "get loaded program": lambda: "Loaded program: rtde_control",
+    }
+    try:
+        for raw in conn.makefile("rb"):
+            command = raw.decode(errors="replace").strip()
+            key = command.lower()
+            with c.lock:
+                if key == "stop":
+                    c.runtime_state, c.target_q, reply = 1, c.q.copy(), "Stopped"
+                elif key == "play":
+                    c.runtime_state, reply = 2, "Starting program"
+                elif key == "unlock protective stop":
+                    c.protective_stop, reply = False, "Protective stop releasing"
+                elif key == "emulator protective stop":
+                    c.protective_stop, reply = True, "Protective stop raised"
+                elif key in replies:
+                    reply = replies[key]()
+                else:
+                    reply = f"could not understand: '{command}'"
+            conn.sendall((reply + "\n").encode())
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def script_port(controller: Controller, conn: socket.socket) -> None:
+    conn.settimeout(1.0)
+    program = b""
+    try:
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                chunk = None
+            if chunk:
+                program += chunk
+            if b"def " in program and program.rstrip().endswith(b"end") or chunk == b"":
+                break
+    except OSError:
+        pass
+    finally:
+        conn.close()
+    if b"def " in program:
+        with controller.lock:
+            controller.runtime_state = 2  # PLAYING
+            controller.script_state = 1
+
+
+def listen(host: str, port: int, handler) -> threading.Thread:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((host, port))
+    server.listen(8)
+
+    def accept() -> None:
+        while True:
+            conn, _ = server.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=handler, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    return thread
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--log", type=Path, help="append every command received here (JSON lines)")
+    parser.add_argument("--e-series", action="store_true", help="report a 5.x controller (500 Hz RTDE)")
+    args = parser.parse_args(argv)
+    controller = Controller(args.log, args.e_series)
+    connections = iter(range(1, 10**9))
+    listen(args.host, 30004, lambda conn: RTDEConnection(controller, conn, next(connections)).serve())
+    listen(args.host, 29999, lambda conn: dashboard(controller, conn))
+    listen(args.host, 30003, lambda conn: script_port(controller, conn))
+    print(f"UR controller emulator on {args.host} (RTDE 30004, dashboard 29999, script 30003)", flush=True)
+    stop_file = args.log.with_suffix(".protective_stop") if args.log else None
+    period = 0.002
+    try:
+        while True:
+            time.sleep(period)
+            if stop_file is not None and stop_file.exists():
+                stop_file.unlink()
+                with controller.lock:
+                    controller.protective_stop = True
+            controller.step(period)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""ur5_driver: the vla-steer topic contract on a UR5 through RTDE (ur_rtde), with the safety in the driver.
+
+Publishes ``joint_states``, ``ee_pose`` (TCP, base frame) and robot/safety state on
+``/diagnostics`` and ``robot_status`` at the servo rate; executes ``action_chunk`` (LIBERO-style
+end-effector deltas) through a fixed-rate ``servoL`` loop that interpolates between policy steps.
+
+Why servoL: the policy speaks end-effector deltas, servoL takes a TCP pose per servo tick and
+its controller-side lookahead/gain smooth the motion; speedL would integrate velocity errors and
+servoJ would need IK here for every tick. Every tick's target goes through
+:class:`ur5_driver.safety.SafetyFilter` (per-step caps, TCP speed and acceleration, workspace box,
+joint margins); NaN is refused; nothing outside the limits is sent.
+
+Watchdog: with no valid action for ``action_timeout_s`` the arm is stopped (``servoStop``), and
+the controller-side RTDE watchdog is armed too (the control script stops the arm if the driver
+itself falls silent). During a protective or emergency stop nothing is
+commanded; ``~/unlock_protective_stop`` unlocks through the dashboard, only when asked. On
+connection loss: stop commanding, report, reconnect with backoff, and drop every action received
+before the loss. ``dry_run`` (default true) computes and logs commands without connecting the
+control interface at all.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from scipy.spatial.transform import Rotation
+from sensor_msgs.msg import JointState
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from ur5_driver.safety import SafetyFilter, SafetyLimits, UnsafeCommand, delta_to_target
+from vla_steering_node import process
+
+JOINT_NAMES = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint",
+               "wrist_3_joint"]
+PROTECTIVE_STOP_BIT, EMERGENCY_STOP_BIT = 2, 7
+
+
+class UR5Driver(Node):
+    def __init__(self) -> None:
+        super().__init__("ur5_driver")
+        ro = ParameterDescriptor(read_only=True)
+        self.declare_parameter("robot_ip", "", ParameterDescriptor(read_only=True, description="required"))
+        self.declare_parameter("dry_run", True, ParameterDescriptor(
+            read_only=True, description="log commands, never move (no control interface)"))
+        self.declare_parameter("servo_rate_hz", 125.0, ro)
+        self.declare_parameter("lookahead_s", 0.1, ro)
+        self.declare_parameter("gain", 300.0, ro)
+        self.declare_parameter("translation_scale", 0.005, ParameterDescriptor(
+            read_only=True, description="metres per action unit per policy step"))
+        self.declare_parameter("rotation_scale", 0.02, ParameterDescriptor(
+            read_only=True, description="radians per action unit per policy step"))
+        self.declare_parameter("action_frame", "base", ro)
+        self.declare_parameter("action_timeout_s", 0.1, ParameterDescriptor(
+            read_only=True, description="stop the arm after this long without a valid action"))
+        defaults = SafetyLimits()
+        for name in ("max_linear_speed", "max_angular_speed", "max_linear_accel", "max_angular_accel",
+                     "max_step_translation", "max_step_rotation", "joint_margin"):
+            self.declare_parameter(name, float(getattr(defaults, name)), ro)
+        self.declare_parameter("workspace_min", list(defaults.workspace_min), ro)
+        self.declare_parameter("workspace_max", list(defaults.workspace_max), ro)
+        ip = self.get_parameter("robot_ip").value
+        if not ip:
+            raise ValueError("robot_ip is required (no default, so that nobody drives a robot by accident)")
+        self.ip = ip
+        self.limits = SafetyLimits(
+            workspace_min=tuple(self.get_parameter("workspace_min").value),
+            workspace_max=tuple(self.get_parameter("workspace_max").value),
+            **{n: self.get_parameter(n).value for n in (
+                "max_linear_speed", "max_angular_speed", "max_linear_accel", "max_angular_accel",
+                "max_step_translation", "max_step_rotation", "joint_margin")})
+        self.safety = SafetyFilter(self.limits)
+        self.dry_run = self.get_parameter("dry_run").value
+        self.period = 1.0 / self.get_parameter("servo_rate_hz").value
+        self.joints_pub = self.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+        self.pose_pub = self.create_publisher(PoseStamped, "ee_pose", qos_profile_sensor_data)
+        self.status_pub = self.create_publisher(DiagnosticStatus, "robot_status", 10)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(JointTrajectory, "action_chunk", self.on_action, 10)
+        self.create_service(Trigger, "~/unlock_protective_stop", self.on_unlock)
+        self.lock = threading.Lock()
+        self.plan: list[np.ndarray] = []  # TCP targets, one per policy step
+        self.plan_times: list[float] = []
+        self.last_action = 0.0
+        self.connection_epoch = 0
+        self.counts = {"clamped": 0, "refused": 0, "watchdog_stops": 0, "safety_stops": 0, "reconnects": 0}
+        self.last_report = ""
+        self.receive = None
+        self.control = None
+        self.dashboard = None
+        self.state: dict = {}
+        self.connect()
+        self.create_timer(1.0, self.publish_diagnostics)
+
+    # ---------------------------------------------------------------- connection
+    def connect(self) -> None:
+        import rtde_receive
+
+        self.receive = rtde_receive.RTDEReceiveInterface(self.ip)
+        if not self.dry_run:
+            import dashboard_client
+            import rtde_control
+
+            if self.control is None:
+                self.control = rtde_control.RTDEControlInterface(self.ip)
+                self.dashboard = dashboard_client.DashboardClient(self.ip)
+            elif not self.control.isConnected():
+                self.control.reconnect()
+            self.control.setWatchdog(max(2.0, 1.0 / self.get_parameter("action_timeout_s").value))
+            if not self.dashboard.isConnected():
+                self.dashboard.connect()
+        with self.lock:
+            self.connection_epoch += 1
+            self.plan, self.plan_times = [], []  # never replay actions from before (re)connecting
+        self.commanded: np.ndarray | None = None
+        self.stopped = True
+
+    def connected(self) -> bool:
+        # the receive stream notices a lost controller first (its data stops); the control
+        # interface is never called while it is down (ur_rtde would block reconnecting)
+        return self.receive is not None and self.receive.isConnected() and (self.dry_run or self.control is not None)
+
+    def disconnect(self) -> None:
+        """Drop the lost receive stream; connect() builds a new one and reconnects the control
+        interface (which ur_rtde keeps, and which is not called while the stream is down)."""
+        if self.receive is not None:
+            try:
+                self.receive.disconnect()
+            except RuntimeError:
+                pass
+        self.receive = None
+
+    # ---------------------------------------------------------------- inputs
+    def on_action(self, msg: JointTrajectory) -> None:
+        if not self.state:
+            return
+        actions = np.array([list(p.positions) for p in msg.points], np.float64).reshape(len(msg.points), -1)
+        if actions.size == 0 or actions.shape[1] < 6 or not np.all(np.isfinite(actions)):
+            self.report("refused", f"action chunk refused (shape {actions.shape}, finite "
+                        f"{bool(np.all(np.isfinite(actions)))})")
+            return
+        actions = np.clip(actions, -1.0, 1.0)
+        start = np.asarray(self.state["tcp"]) if self.commanded is None else self.commanded
+        targets, pose = [], start
+        for row in actions:
+            pose = delta_to_target(pose, row, self.get_parameter("translation_scale").value,
+                                   self.get_parameter("rotation_scale").value, self.get_parameter("action_frame").value)
+            targets.append(pose)
+        times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+        now = time.monotonic()
+        with self.lock:
+            self.plan = targets
+            self.plan_times = [now + t for t in times]
+            self.plan_start, self.plan_origin = now, start
+            self.last_action = now
+
+    def report(self, counter: str, text: str) -> None:
+        self.counts[counter] += 1
+        self.last_report = text
+        self.get_logger().warning(text, throttle_duration_sec=1.0)
+
+    def on_unlock(self, request, response):
+        if self.dashboard is None:
+            response.success, response.message = False, "dry run: no dashboard connection"
+            return response
+        self.dashboard.unlockProtectiveStop()
+        response.success, response.message = True, "unlock protective stop sent"
+        return response
+
+    # ---------------------------------------------------------------- the servo loop
+    def desired(self, now: float) -> np.ndarray | None:
+        """The TCP target for now, interpolated between policy steps; None once the plan has run out
+        for longer than ``action_timeout_s`` (the watchdog)."""
+        with self.lock:
+            if not self.plan or now - self.plan_times[-1] > self.get_parameter("action_timeout_s").value:
+                return None
+            times, targets = [self.plan_start, *self.plan_times], [self.plan_origin, *self.plan]
+        if now >= times[-1]:
+            return targets[-1]
+        i = int(np.searchsorted(times, now, side="right")) - 1
+        w = (now - times[i]) / (times[i + 1] - times[i])
+        a, b = targets[i], targets[i + 1]
+        relative = (Rotation.from_rotvec(b[3:]) * Rotation.from_rotvec(a[3:]).inv()).as_rotvec()
+        rotation = Rotation.from_rotvec(w * relative) * Rotation.from_rotvec(a[3:])
+        return np.concatenate([a[:3] + w * (b[:3] - a[:3]), rotation.as_rotvec()])
+
+    def control_ready(self) -> bool:
+        """Whether a control call can go out now (ur_rtde blocks reconnecting if called while down)."""
+        return self.control is not None and self.control.isConnected() and self.receive.isConnected()
+
+    def tick(self) -> None:
+        r = self.receive
+        q, tcp = np.asarray(r.getActualQ()), np.asarray(r.getActualTCPPose())
+        bits = r.getSafetyStatusBits()
+        self.state = {"q": q, "tcp": tcp, "bits": bits, "robot_mode": r.getRobotMode(),
+                      "safety_mode": r.getSafetyMode(), "runtime_state": r.getRuntimeState(),
+                      "speed_scaling": r.getSpeedScaling()}
+        self.publish_state(q, tcp)
+        halted = bool(bits & (1 << PROTECTIVE_STOP_BIT) or bits & (1 << EMERGENCY_STOP_BIT))
+        target = None if halted else self.desired(time.monotonic())
+        if halted:
+            with self.lock:
+                self.plan = []  # actions from before a stop are stale
+            if not self.stopped:
+                self.report("safety_stops", "protective or emergency stop: no motion commanded")
+            self.stopped, self.commanded = True, None
+            return
+        if target is None:
+            if not self.stopped:
+                if self.control_ready():
+                    self.control.servoStop()
+                self.report("watchdog_stops", "no valid action in time: arm stopped")
+                self.safety.reset()
+                self.stopped, self.commanded = True, None
+            return
+        current = tcp if self.commanded is None else self.commanded
+        try:
+            safe, reports = self.safety.filter(current, target, q, self.period)
+        except UnsafeCommand as error:
+            self.report("refused", f"command refused: {error}")
+            return
+        if reports:
+            self.report("clamped", "; ".join(reports))
+        if self.control is not None:
+            if not self.control_ready():
+                return
+            self.control.servoL(safe.tolist(), 0.0, 0.0, self.period, self.get_parameter("lookahead_s").value,
+                                self.get_parameter("gain").value)
+        else:
+            self.get_logger().info(f"dry run: servoL {np.round(safe, 4).tolist()}", throttle_duration_sec=1.0)
+        self.commanded, self.stopped = safe, False
+
+    def publish_state(self, q: np.ndarray, tcp: np.ndarray) -> None:
+        stamp = self.get_clock().now().to_msg()
+        joints = JointState(name=JOINT_NAMES, position=q.tolist())
+        joints.header.stamp = stamp
+        self.joints_pub.publish(joints)
+        pose = PoseStamped()
+        pose.header.stamp, pose.header.frame_id = stamp, "base"
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = tcp[:3].tolist()
+        quat = Rotation.from_rotvec(tcp[3:]).as_quat()
+        o = pose.pose.orientation
+        o.x, o.y, o.z, o.w = quat.tolist()
+        self.pose_pub.publish(pose)
+
+    def status(self) -> DiagnosticStatus:
+        s = self.state
+        bits = s.get("bits", 0)
+        values = {"connected": self.connected(), "dry_run": self.dry_run,
+                  "protective_stop": bool(bits & (1 << PROTECTIVE_STOP_BIT)),
+                  "emergency_stop": bool(bits & (1 << EMERGENCY_STOP_BIT)),
+                  "program_running": s.get("runtime_state") == 2, "robot_mode": s.get("robot_mode"),
+                  "safety_mode": s.get("safety_mode"), "speed_scaling": s.get("speed_scaling"), **self.counts}
+        level = DiagnosticStatus.ERROR if values["protective_stop"] or values["emergency_stop"] or \
+            not values["connected"] else (DiagnosticStatus.WARN if self.last_report else DiagnosticStatus.OK)
+        return DiagnosticStatus(level=level, name=f"{self.get_name()}: robot", hardware_id=self.ip,
+                                message=self.last_report or "ok",
+                                values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+    def publish_diagnostics(self) -> None:
+        status = self.status()
+        self.status_pub.publish(status)
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(array)
+
+    def run(self) -> None:
+        backoff = 0.5
+        next_tick = time.monotonic()
+        while rclpy.ok():
+            if not self.connected():
+                self.report("reconnects", f"connection to {self.ip} lost: stopped commanding, reconnecting")
+                self.stopped, self.commanded = True, None
+                self.disconnect()
+                time.sleep(backoff)
+                try:
+                    self.connect()
+                    backoff = 0.5
+                except RuntimeError as error:
+                    self.get_logger().warning(f"reconnect failed: {error}", throttle_duration_sec=2.0)
+                    backoff = min(backoff * 2, 5.0)
+                continue
+            try:
+                self.tick()
+            except RuntimeError as error:  # the bindings raise on a dropped socket
+                self.report("reconnects", f"RTDE error: {error}")
+                continue
+            next_tick += self.period
+            time.sleep(max(0.0, next_tick - time.monotonic()))
+            if time.monotonic() - next_tick > 10 * self.period:
+                next_tick = time.monotonic()
+
+    def shutdown(self) -> None:
+        if self.control is not None and self.receive is not None and self.control_ready():
+            try:
+                self.control.servoStop()
+                self.control.stopScript()
+            except RuntimeError:
+                pass
+
+
+def main(args=None) -> None:
+    process.run(UR5Driver, UR5Driver.run, (ValueError, RuntimeError), "ur5_driver",
+                cleanup=UR5Driver.shutdown, args=args)
+
+
+if __name__ == "__main__":
+    main()
