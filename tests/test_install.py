@@ -28,6 +28,7 @@ def test_ament_index_share_and_executables():
     assert (share / "launch" / "steering_node.launch.py").exists()
     assert (share / "config" / "demo_vla_dictionary.yaml").exists()
     for package, exe in [("vla_steering_node", "vla_steering_node"), ("vla_steering_node", "bag_recorder"),
-                         ("sim_bridge", "sim_bridge")]:
+                         ("vla_steering_node", "bag_player"), ("sim_bridge", "sim_bridge"),
+                         ("ur5_driver", "ur5_driver"), ("ur5_driver", "ur_emulator")]:
         path = prefix / "lib" / package / exe
         assert path.exists() and os.access(path, os.X_OK), path

@@ -121,7 +121,9 @@ def test_steering_node_drives_the_simulation(ros, tmp_path, suite, task):
     assert watcher.outcome().message == "timeout" and end["steps"] == "8"
     assert end["no_op_steps"] == "0"  # every step was driven by the steering node's actions
     image_stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in watcher.images}
-    assert len(watcher.actions) == 2  # 8 steps / 4-step chunks
+    answered = {(a.header.stamp.sec, a.header.stamp.nanosec) for a in watcher.actions}
+    assert len(answered) == 2  # 8 steps / 4-step chunks (an observation re-sent while the node starts may be
+    # answered twice; the bridge executes one answer per observation)
     assert all((a.header.stamp.sec, a.header.stamp.nanosec) in image_stamps for a in watcher.actions)
 
 
