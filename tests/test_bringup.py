@@ -78,3 +78,15 @@ def test_simulation_flow_specs():
     assert len(bringup.simulation(record=False)) == 2
     with pytest.raises(ValueError, match="concept=value"):
         bringup.simulation(strengths="up")
+
+
+def test_hardware_flow_specs_refuse_what_is_unsafe_or_unknown():
+    with pytest.raises(ValueError, match="robot_ip is required"):
+        bringup.hardware()
+    with pytest.raises(ValueError, match="ur_type"):
+        bringup.hardware(robot_ip="10.0.0.2", ur_type="ur10")
+    processes, nodes = bringup.hardware(robot_ip="10.0.0.2", ur_type="ur5e", record=False)
+    assert processes == [] and [n.module for n in nodes] == ["ur5_driver.node", "vla_steering_node.node"]
+    driver = nodes[0].parameters
+    assert driver["dry_run"] is True and driver["servo_rate_hz"] == 500.0  # safe by default; e-Series rate
+    assert driver["max_linear_speed"] == 0.10  # limits from config/ur5_driver.yaml

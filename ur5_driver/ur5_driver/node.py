@@ -36,6 +36,7 @@ from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from ur5_driver.camera import CameraPublisher
 from ur5_driver.safety import SafetyFilter, SafetyLimits, UnsafeCommand, delta_to_target
 from vla_steering_node import process
 
@@ -65,6 +66,10 @@ class UR5Driver(Node):
         for name in ("max_linear_speed", "max_angular_speed", "max_linear_accel", "max_angular_accel",
                      "max_step_translation", "max_step_rotation", "joint_margin"):
             self.declare_parameter(name, float(getattr(defaults, name)), ro)
+        self.declare_parameter("camera", "", ParameterDescriptor(
+            read_only=True, description="OpenCV source for camera/agentview: device index, URL or video file; "
+                                        "empty = none"))
+        self.declare_parameter("camera_rate_hz", 15.0, ro)
         self.declare_parameter("workspace_min", list(defaults.workspace_min), ro)
         self.declare_parameter("workspace_max", list(defaults.workspace_max), ro)
         ip = self.get_parameter("robot_ip").value
@@ -97,6 +102,10 @@ class UR5Driver(Node):
         self.control = None
         self.dashboard = None
         self.state: dict = {}
+        self.camera = None
+        if self.get_parameter("camera").value:
+            self.camera = CameraPublisher(self, "agentview", self.get_parameter("camera").value,
+                                          self.get_parameter("camera_rate_hz").value)
         self.connect()
         self.create_timer(1.0, self.publish_diagnostics)
 
@@ -299,6 +308,8 @@ class UR5Driver(Node):
                 next_tick = time.monotonic()
 
     def shutdown(self) -> None:
+        if self.camera is not None:
+            self.camera.close()
         if self.control is not None and self.receive is not None and self.control_ready():
             try:
                 self.control.servoStop()

@@ -93,3 +93,39 @@ def simulation(suite: str = "libero_spatial", task_id: int = 0, init_state: int 
     if record:
         nodes.insert(0, recorder(output_dir, bag_name, True, namespace))
     return nodes
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """A non-ROS process a launch file starts (the UR controller emulator)."""
+
+    module: str
+    arguments: tuple[str, ...] = ()
+
+
+def hardware(robot_ip: str = "", ur_type: str = "ur5", dry_run: bool = True, limits_file: str = "",
+             emulate: bool = False, camera: str = "", policy: str = "", checkpoint: str = "", dictionary: str = "",
+             strengths: str = "", record: bool = True, output_dir: str = "bags",
+             namespace: str = "") -> tuple[list[ProcessSpec], list[NodeSpec]]:
+    """The hardware flow: [emulator,] UR5 driver, steering node, [recorder]."""
+    if ur_type not in ("ur5", "ur5e"):
+        raise ValueError(f"ur_type must be ur5 (CB3) or ur5e, got {ur_type!r}")
+    processes = []
+    if emulate:
+        robot_ip = robot_ip or "127.0.0.1"
+        arguments = ["--host", robot_ip, "--log", str(Path(output_dir) / "emulator_commands.jsonl")]
+        processes.append(ProcessSpec("ur5_driver.emulator", tuple(arguments + (["--e-series"] if ur_type == "ur5e"
+                                                                              else []))))
+    if not robot_ip:
+        raise ValueError("robot_ip is required (or emulate:=true)")
+    params = read_parameters_file(limits_file or CONFIG_DIR / "ur5_driver.yaml", "ur5_driver")
+    params.update(robot_ip=robot_ip, dry_run=bool(dry_run), servo_rate_hz=500.0 if ur_type == "ur5e" else 125.0)
+    if camera:
+        params["camera"] = camera
+    driver = NodeSpec("ur5_driver", "ur5_driver", "ur5_driver.node", "ur5_driver", namespace, params)
+    steering = steering_node(namespace=namespace, policy=policy, checkpoint=checkpoint, cameras=["agentview"],
+                             state_source="joints", **{"steering.dictionary": dictionary}, **parse_strengths(strengths))
+    nodes = [driver, steering]
+    if record:
+        nodes.append(recorder(output_dir, "", False, namespace))
+    return processes, nodes

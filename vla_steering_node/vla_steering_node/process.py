@@ -37,6 +37,10 @@ def run(make_node: Callable[[], Node], work: Callable[[Node], None], startup_err
         work(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        if rclpy.ok():
+            raise
+        # a publish raced the shutdown a signal started ("context is invalid"): a clean exit
     finally:
         try:
             rclpy.try_shutdown()  # wakes the executor
