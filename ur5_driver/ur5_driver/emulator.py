@@ -151,7 +151,7 @@ class Controller:
     def record(self, command: int, doubles: list[float]) -> None:
         if self.log is None or command == 0:
             return
-        entry = {"t": time.monotonic() - self.start, "command": COMMANDS.get(command, str(command)),
+        entry = {"t": time.monotonic(), "command": COMMANDS.get(command, str(command)),
                  "id": command, "doubles": doubles[:12], "protective_stop": self.protective_stop}
         with self.log.open("a") as out:
             out.write(json.dumps(entry) + "\n")
