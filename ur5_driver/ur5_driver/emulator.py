@@ -152,7 +152,8 @@ class Controller:
         if self.log is None or command == 0:
             return
         entry = {"t": time.monotonic(), "command": COMMANDS.get(command, str(command)),
-                 "id": command, "doubles": doubles[:12], "protective_stop": self.protective_stop}
+                 "id": command, "doubles": doubles[:12], "protective_stop": self.protective_stop,
+                 "actual_tcp": fk(self.q).tolist()}
         with self.log.open("a") as out:
             out.write(json.dumps(entry) + "\n")
 
