@@ -42,7 +42,11 @@ def start_emulator(log, tmp_path) -> NodeProcess:
 
 
 def commands(log) -> list[dict]:
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    """Every complete line the emulator has logged (the last one may still be being written)."""
+    if not log.exists():
+        return []
+    lines = log.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in lines]
 
 
 class Client:
@@ -116,7 +120,7 @@ def check_limits(entries):
 
 
 def test_state_actions_limits_and_watchdog(rig):
-    _, _, client, log = rig
+    _, driver, client, log = rig
     assert np.allclose(list(client.joints[-1].position), HOME, atol=1e-6)  # joint states track the emulator
     z0 = client.poses[-1].pose.position.z
     for _ in range(10):  # 'up' chunks, then silence
@@ -126,6 +130,7 @@ def test_state_actions_limits_and_watchdog(rig):
     client.send([[5, -5, 9, 0, 0, 0, 1]] * 4)  # out of range: clipped, then limited
     client.wait(1.0)
     assert client.poses[-1].pose.position.z > z0 + 0.02  # the emulated TCP went up
+    assert wait_for(lambda: commands(log)[-1]["command"] == "servoStop", 5, client.spin), driver.output()[-3000:]
     entries = commands(log)
     servo = check_limits(entries)  # nothing beyond the limits reached the "robot"
     assert len(servo) > 100

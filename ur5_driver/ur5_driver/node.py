@@ -224,7 +224,9 @@ class UR5Driver(Node):
             return
         if target is None:
             if not self.stopped:
-                if self.control_ready():
+                if self.control is not None:
+                    if not self.control_ready():
+                        return  # try again next tick: "stopped" only once servoStop went out
                     self.control.servoStop()
                 self.report("watchdog_stops", "no valid action in time: arm stopped")
                 self.safety.reset()
