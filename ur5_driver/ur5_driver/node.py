@@ -85,6 +85,10 @@ class UR5Driver(Node):
         self.safety = SafetyFilter(self.limits)
         self.dry_run = self.get_parameter("dry_run").value
         self.period = 1.0 / self.get_parameter("servo_rate_hz").value
+        # read-only parameters read once: the servo loop does no parameter look-ups per tick
+        self.lookahead = self.get_parameter("lookahead_s").value
+        self.gain = self.get_parameter("gain").value
+        self.action_timeout = self.get_parameter("action_timeout_s").value
         self.joints_pub = self.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
         self.pose_pub = self.create_publisher(PoseStamped, "ee_pose", qos_profile_sensor_data)
         self.status_pub = self.create_publisher(DiagnosticStatus, "robot_status", 10)
@@ -123,7 +127,7 @@ class UR5Driver(Node):
                 self.dashboard = dashboard_client.DashboardClient(self.ip)
             elif not self.control.isConnected():
                 self.control.reconnect()
-            self.control.setWatchdog(max(2.0, 1.0 / self.get_parameter("action_timeout_s").value))
+            self.control.setWatchdog(max(2.0, 1.0 / self.action_timeout))
             if not self.dashboard.isConnected():
                 self.dashboard.connect()
         with self.lock:
@@ -189,7 +193,7 @@ class UR5Driver(Node):
         """The TCP target for now, interpolated between policy steps; None once the plan has run out
         for longer than ``action_timeout_s`` (the watchdog)."""
         with self.lock:
-            if not self.plan or now - self.plan_times[-1] > self.get_parameter("action_timeout_s").value:
+            if not self.plan or now - self.plan_times[-1] > self.action_timeout:
                 return None
             times, targets = [self.plan_start, *self.plan_times], [self.plan_origin, *self.plan]
         if now >= times[-1]:
@@ -243,8 +247,7 @@ class UR5Driver(Node):
         if self.control is not None:
             if not self.control_ready():
                 return
-            self.control.servoL(safe.tolist(), 0.0, 0.0, self.period, self.get_parameter("lookahead_s").value,
-                                self.get_parameter("gain").value)
+            self.control.servoL(safe.tolist(), 0.0, 0.0, self.period, self.lookahead, self.gain)
         else:
             self.get_logger().info(f"dry run: servoL {np.round(safe, 4).tolist()}", throttle_duration_sec=1.0)
         self.commanded, self.stopped = safe, False

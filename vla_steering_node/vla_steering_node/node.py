@@ -53,16 +53,15 @@ INSTRUCTION_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 def default_dictionary() -> str:
     """The demo VLA's dictionary: the ament index's share/ first, then this environment's
     share/ (the pip path, where AMENT_PREFIX_PATH is usually unset), then the source tree."""
-    relative = Path("vla_steering_node") / "config" / "demo_vla_dictionary.yaml"
+    name = Path("config") / "demo_vla_dictionary.yaml"
     candidates = []
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        candidates.append(Path(get_package_share_directory("vla_steering_node")).parent / relative)
+        candidates.append(Path(get_package_share_directory("vla_steering_node")) / name)
     except (ImportError, LookupError, OSError):  # not installed, or AMENT_PREFIX_PATH unset
         pass
-    candidates += [Path(sys.prefix) / "share" / relative, Path(__file__).resolve().parents[1] / relative.parts[-2] /
-                   relative.parts[-1]]
+    candidates += [Path(sys.prefix) / "share" / "vla_steering_node" / name, Path(__file__).resolve().parents[1] / name]
     return str(next((c for c in candidates if c.exists()), candidates[-1]))
 
 
