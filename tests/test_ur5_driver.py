@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 
@@ -69,7 +70,7 @@ class Client:
         msg.header.frame_id = "ee_delta_7d"
         for i, row in enumerate(rows):
             point = JointTrajectoryPoint(positions=[float(v) for v in row])
-            point.time_from_start.nanosec = int((i + 1) * 0.05 * 1e9)
+            point.time_from_start.sec, point.time_from_start.nanosec = divmod((i + 1) * 50_000_000, 1_000_000_000)
             msg.points.append(point)
         self.actions.publish(msg)
 
@@ -78,12 +79,13 @@ class Client:
 
 
 @pytest.fixture()
-def rig(tmp_path):
+def rig(request, tmp_path):
+    """Emulator, driver (extra parameters from an indirect parametrisation), and a test client."""
     rclpy.init()
     log = tmp_path / "commands.jsonl"
     emulator = start_emulator(log, tmp_path)
-    driver = NodeProcess("ur5_driver.node", DOMAIN, {"robot_ip": "127.0.0.1", "dry_run": False},
-                         log=tmp_path / "driver.log")
+    params = {"robot_ip": "127.0.0.1", "dry_run": False, **getattr(request, "param", {})}
+    driver = NodeProcess("ur5_driver.node", DOMAIN, params, log=tmp_path / "driver.log")
     client = Client()
     try:
         assert wait_for(lambda: len(client.joints) > 5 and client.status or not driver.alive(), 60, client.spin), \
@@ -100,11 +102,12 @@ def rig(tmp_path):
 def check_limits(entries):
     """Every servoL target inside the workspace, and within one tick's step of where the arm was
     commanded just before (inside a servo stream) or of where it actually was (a stream's first)."""
-    for e in entries:
+    arm = [e for e in entries if "doubles" in e]  # grippers and digital outputs do not move the arm
+    for e in arm:
         assert all(np.isfinite(e["doubles"])), e
     limit = min(LIMITS.max_step_translation, LIMITS.max_linear_speed * SERVO_PERIOD) + 1e-9
     servo, previous = [], None
-    for e in entries:
+    for e in arm:
         if e["command"] != "servoL":
             previous = None  # a stop ends the servo stream
             continue
@@ -158,6 +161,47 @@ def test_protective_stop_blocks_motion_until_unlocked(rig):
     client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
     client.wait(0.5)
     assert len([e for e in commands(log)[before:] if e["command"] == "servoL"]) > 5
+
+
+def test_killing_and_restarting_the_controller_stops_cleanly_and_reconnects(rig, tmp_path):
+    emulator, driver, client, log = rig
+    client.send([[0, 0, 1, 0, 0, 0, -1]] * 200)  # a 10 s plan, cut short by the loss
+    assert wait_for(lambda: len([e for e in commands(log) if e["command"] == "servoL"]) > 20, 5, client.spin)
+    emulator.stop(sig=signal.SIGKILL)
+    assert wait_for(lambda: client.latest().get("connected") == "False", 10, client.spin), driver.output()[-3000:]
+    assert driver.alive()
+    log2 = tmp_path / "after_restart.jsonl"
+    restarted = start_emulator(log2, tmp_path)
+    try:
+        assert wait_for(lambda: client.latest().get("connected") == "True", 30, client.spin), driver.output()[-3000:]
+        assert int(client.latest()["reconnects"]) >= 1
+        client.wait(1.5)  # the old plan would still run for seconds: it must not be replayed
+        assert [e["command"] for e in commands(log2) if "doubles" in e] == ["setWatchdog"], commands(log2)
+        z0 = client.poses[-1].pose.position.z
+        for _ in range(5):  # fresh actions move the arm again
+            client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
+            client.wait(0.2)
+        assert len(check_limits(commands(log2))) > 20
+        assert client.poses[-1].pose.position.z > z0 + 0.01
+    finally:
+        restarted.stop()
+
+
+@pytest.mark.parametrize("rig", [{"gripper": "robotiq_socket"},
+                                 {"gripper": "digital_output", "gripper_output_bank": "tool",
+                                  "gripper_output_pin": 1}], indirect=True)
+def test_the_gripper_dimension_reaches_the_selected_gripper(rig):
+    _, driver, client, log = rig
+    for grip in (-1, 1, 1, -1):  # open, close, close again, open: three changes
+        client.send([[0, 0, 0.2, 0, 0, 0, grip]] * 4)
+        client.wait(0.3)
+    assert wait_for(lambda: len([e for e in commands(log) if e["command"] in ("gripper", "digital_output")]) >= 3,
+                    5, client.spin), driver.output()[-3000:]
+    grips = [e for e in commands(log) if e["command"] in ("gripper", "digital_output")]
+    if grips[0]["command"] == "gripper":
+        assert [e["position"] for e in grips] == [0, 255, 0] and all(e["activated"] for e in grips)
+    else:
+        assert [bool(e["bits"] & (1 << 17)) for e in grips] == [False, True, False]  # tool output 1
 
 
 def test_hardware_flow_against_the_emulator(tmp_path):

@@ -12,13 +12,17 @@ Backed by the kinematic UR5 model (:mod:`ur5_driver.kinematics`). It serves:
   requested frequency; recipe ids are handed out 1, 2, 3... in order, per connection;
 * the dashboard on 29999 (greeting, then one reply line per command);
 * the script port 30003: the control script ur_rtde uploads; after it, ``runtime_state`` is
-  PLAYING (2).
+  PLAYING (2);
+* a Robotiq gripper's URCap socket on 63352 (``SET ACT 1`` / ``SET GTO 1`` / ``SET POS n`` ->
+  ``ack``, ``GET STA`` -> ``STA 3`` once activated), and the digital outputs (standard and tool)
+  that RTDE's ``*_digital_output_mask`` inputs set, reported in ``actual_digital_output_bits``.
 
 The control script's command protocol runs over registers: command id in
 ``input_int_register_0``, doubles from ``input_double_register_0``, script state in
 ``output_int_register_0`` (1 ready, 2 done); with the client's upper-range flag everything moves
-up by 24 (``input_int_register_24`` ...), which the emulator follows. Every command received is appended to the
-``--log`` JSON-lines file, so tests can check everything that reached the "robot". A protective
+up by 24 (``input_int_register_24`` ...), which the emulator follows. Every command received (and
+every gripper move and digital output change) is appended to the ``--log`` JSON-lines file, so
+tests can check everything that reached the "robot". A protective
 stop (``touch <log>.protective_stop``, or the dashboard command ``emulator protective stop``)
 sets bit 2 of ``safety_status_bits``; the arm then ignores motion until ``unlock protective stop``.
 It must run in its own process: the ur_rtde bindings hold the GIL.
@@ -104,6 +108,8 @@ class Controller:
         self.last_input = time.monotonic()
         self.max_joint_speed = 3.0  # rad/s, what the emulated joints can do
         self.offset = 0  # register range the client uses (0, or 24 with its upper-range flag)
+        self.digital_outputs = 0  # standard 0-7, configurable 8-15, tool 16-17
+        self.gripper = {"ACT": 0, "GTO": 0, "POS": 0, "SPE": 255, "FOR": 150}
 
     # ------------------------------------------------------------------ motion
     def step(self, dt: float) -> None:
@@ -126,7 +132,7 @@ class Controller:
                   "safety_status_bits": (1 << 0) | ((1 << 2) if self.protective_stop else 0),
                   "robot_status_bits": 0b1111, "runtime_state": self.runtime_state, "speed_scaling": 1.0,
                   "target_speed_fraction": 1.0, f"output_int_register_{self.offset}": self.script_state,
-                  "joint_mode": [253] * 6}
+                  "joint_mode": [253] * 6, "actual_digital_output_bits": self.digital_outputs}
         if name in values:
             return values[name]
         kind = rtde_type(name)
@@ -139,6 +145,12 @@ class Controller:
         with self.lock:
             self.registers.update(values)
             self.last_input = time.monotonic()
+            for bank, shift in (("standard", 0), ("configurable", 8), ("tool", 16)):
+                mask = int(values.get(f"{bank}_digital_output_mask", 0)) << shift
+                if mask:
+                    level = int(values.get(f"{bank}_digital_output", 0)) << shift
+                    self.digital_outputs = (self.digital_outputs & ~mask) | (level & mask)
+                    self.log_event({"command": "digital_output", "bits": self.digital_outputs})
             key = f"input_int_register_{self.offset}"
             if key not in values:
                 return
@@ -149,10 +161,15 @@ class Controller:
             self.execute(command, doubles)
 
     def record(self, command: int, doubles: list[float]) -> None:
-        if self.log is None or command == 0:
+        if command != 0:
+            self.log_event({"command": COMMANDS.get(command, str(command)), "id": command, "doubles": doubles[:12]})
+
+    def log_event(self, entry: dict) -> None:
+        """Append one received command to the log, stamped (system-wide monotonic clock) with the
+        arm's state when it arrived."""
+        if self.log is None:
             return
-        entry = {"t": time.monotonic(), "command": COMMANDS.get(command, str(command)),
-                 "id": command, "doubles": doubles[:12], "protective_stop": self.protective_stop,
+        entry = {"t": time.monotonic(), **entry, "protective_stop": self.protective_stop,
                  "actual_tcp": fk(self.q).tolist()}
         with self.log.open("a") as out:
             out.write(json.dumps(entry) + "\n")
@@ -361,6 +378,33 @@ def script_port(controller: Controller, conn: socket.socket) -> None:
             controller.script_state = 1
 
 
+def robotiq_socket(controller: Controller, conn: socket.socket) -> None:
+    """The Robotiq URCap's ASCII protocol: ``SET VAR n [VAR n ...]`` -> ``ack``, ``GET VAR`` -> ``VAR n``."""
+    c = controller
+    try:
+        for raw in conn.makefile("rb"):
+            words = raw.decode(errors="replace").split()
+            with c.lock:
+                if len(words) >= 3 and words[0] == "SET" and len(words) % 2 == 1 and \
+                        all(v in c.gripper and n.isdigit() for v, n in zip(words[1::2], words[2::2])):
+                    c.gripper.update({v: int(n) for v, n in zip(words[1::2], words[2::2])})
+                    if "POS" in words[1::2]:
+                        c.log_event({"command": "gripper", "position": c.gripper["POS"],
+                                     "activated": bool(c.gripper["ACT"])})
+                    reply = "ack"
+                elif len(words) == 2 and words[0] == "GET":
+                    status = {"STA": 3 if c.gripper["ACT"] else 0, "PRE": c.gripper["POS"], "OBJ": 3, "FLT": 0}
+                    value = {**c.gripper, **status}.get(words[1])
+                    reply = f"{words[1]} {value}" if value is not None else "?"
+                else:
+                    reply = "?"
+            conn.sendall((reply + "\n").encode())
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
 def listen(host: str, port: int, handler) -> threading.Thread:
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -389,7 +433,9 @@ def main(argv: list[str] | None = None) -> None:
     listen(args.host, 30004, lambda conn: RTDEConnection(controller, conn, next(connections)).serve())
     listen(args.host, 29999, lambda conn: dashboard(controller, conn))
     listen(args.host, 30003, lambda conn: script_port(controller, conn))
-    print(f"UR controller emulator on {args.host} (RTDE 30004, dashboard 29999, script 30003)", flush=True)
+    listen(args.host, 63352, lambda conn: robotiq_socket(controller, conn))
+    print(f"UR controller emulator on {args.host} (RTDE 30004, dashboard 29999, script 30003, Robotiq 63352)",
+          flush=True)
     stop_file = args.log.with_suffix(".protective_stop") if args.log else None
     period = 0.002
     try:

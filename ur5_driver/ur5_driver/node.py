@@ -13,10 +13,14 @@ joint margins); NaN is refused; nothing outside the limits is sent.
 Watchdog: with no valid action for ``action_timeout_s`` the arm is stopped (``servoStop``), and
 the controller-side RTDE watchdog is armed too (the control script stops the arm if the driver
 itself falls silent). During a protective or emergency stop nothing is
-commanded; ``~/unlock_protective_stop`` unlocks through the dashboard, only when asked. On
-connection loss: stop commanding, report, reconnect with backoff, and drop every action received
-before the loss. ``dry_run`` (default true) computes and logs commands without connecting the
-control interface at all.
+commanded; ``~/unlock_protective_stop`` unlocks through the dashboard, only when asked.
+
+Connection loss: ur_rtde runs in a child process (:mod:`ur5_driver.controller_link`) and every call
+has a deadline (``controller_timeout_s``). A call that fails or times out kills the child, the
+driver stops commanding, reports, reconnects with backoff through a fresh child, and drops every
+action received before the loss. The gripper dimension of the action goes to the interface the
+``gripper`` parameter selects (:mod:`ur5_driver.gripper`), only when it changes. ``dry_run``
+(default true) computes and logs commands without connecting the control interface at all.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from ur5_driver.camera import CameraPublisher
+from ur5_driver.controller_link import ControllerLink, LinkDown
+from ur5_driver.gripper import GripperConfig, gripper_command
 from ur5_driver.safety import SafetyFilter, SafetyLimits, UnsafeCommand, delta_to_target
 from vla_steering_node import process
 
@@ -72,6 +78,14 @@ class UR5Driver(Node):
         self.declare_parameter("camera_rate_hz", 15.0, ro)
         self.declare_parameter("workspace_min", list(defaults.workspace_min), ro)
         self.declare_parameter("workspace_max", list(defaults.workspace_max), ro)
+        self.declare_parameter("controller_timeout_s", 0.5, ParameterDescriptor(
+            read_only=True, description="a call to the controller that takes longer means the connection is lost"))
+        self.declare_parameter("gripper", "none", ParameterDescriptor(
+            read_only=True, description="none | robotiq_socket (URCap socket) | digital_output"))
+        self.declare_parameter("gripper_port", 63352, ro)
+        self.declare_parameter("gripper_output_bank", "standard", ParameterDescriptor(
+            read_only=True, description="digital_output: standard (pins 0-7) or tool (pins 0-1)"))
+        self.declare_parameter("gripper_output_pin", 0, ro)
         ip = self.get_parameter("robot_ip").value
         if not ip:
             raise ValueError("robot_ip is required (no default, so that nobody drives a robot by accident)")
@@ -83,6 +97,10 @@ class UR5Driver(Node):
                 "max_linear_speed", "max_angular_speed", "max_linear_accel", "max_angular_accel",
                 "max_step_translation", "max_step_rotation", "joint_margin")})
         self.safety = SafetyFilter(self.limits)
+        self.gripper = GripperConfig(self.get_parameter("gripper").value, self.get_parameter("gripper_port").value,
+                                     self.get_parameter("gripper_output_bank").value,
+                                     self.get_parameter("gripper_output_pin").value)
+        self.call_timeout = self.get_parameter("controller_timeout_s").value
         self.dry_run = self.get_parameter("dry_run").value
         self.period = 1.0 / self.get_parameter("servo_rate_hz").value
         # read-only parameters read once: the servo loop does no parameter look-ups per tick
@@ -98,58 +116,41 @@ class UR5Driver(Node):
         self.lock = threading.Lock()
         self.plan: list[np.ndarray] = []  # TCP targets, one per policy step
         self.plan_times: list[float] = []
+        self.plan_grips: list[int | None] = []  # gripper command per policy step
         self.last_action = 0.0
         self.connection_epoch = 0
         self.counts = {"clamped": 0, "refused": 0, "watchdog_stops": 0, "safety_stops": 0, "reconnects": 0}
         self.last_report = ""
-        self.receive = None
-        self.control = None
-        self.dashboard = None
+        self.link: ControllerLink | None = None
         self.state: dict = {}
         self.camera = None
         if self.get_parameter("camera").value:
             self.camera = CameraPublisher(self, "agentview", self.get_parameter("camera").value,
                                           self.get_parameter("camera_rate_hz").value)
-        self.connect()
+        self.connect()  # a robot that cannot be reached at start-up is a start-up error
         self.create_timer(1.0, self.publish_diagnostics)
 
     # ---------------------------------------------------------------- connection
     def connect(self) -> None:
-        import rtde_receive
-
-        self.receive = rtde_receive.RTDEReceiveInterface(self.ip)
-        if not self.dry_run:
-            import dashboard_client
-            import rtde_control
-
-            if self.control is None:
-                self.control = rtde_control.RTDEControlInterface(self.ip)
-                self.dashboard = dashboard_client.DashboardClient(self.ip)
-            elif not self.control.isConnected():
-                self.control.reconnect()
-            self.control.setWatchdog(max(2.0, 1.0 / self.action_timeout))
-            if not self.dashboard.isConnected():
-                self.dashboard.connect()
+        """A fresh link (a new child process) and an empty plan: nothing from before is replayed."""
+        self.link = ControllerLink(self.ip, control=not self.dry_run, watchdog_hz=max(2.0, 1.0 / self.action_timeout),
+                                   gripper=self.gripper, call_timeout=self.call_timeout)
         with self.lock:
-            self.connection_epoch += 1
-            self.plan, self.plan_times = [], []  # never replay actions from before (re)connecting
-        self.commanded: np.ndarray | None = None
-        self.stopped = True
+            self.plan, self.plan_times, self.plan_grips = [], [], []
+        self.commanded, self.stopped, self.grip_sent = None, True, None
+
+    def disconnect(self, reason: str) -> None:
+        """Stop commanding: kill the link (the controller's watchdog stops the arm) and forget the state."""
+        self.report("reconnects", f"connection to {self.ip} lost ({reason}): stopped commanding, reconnecting")
+        if self.link is not None:
+            self.link.kill()
+        self.link, self.state = None, {}
+        with self.lock:
+            self.plan, self.plan_times, self.plan_grips = [], [], []
+        self.commanded, self.stopped = None, True
 
     def connected(self) -> bool:
-        # the receive stream notices a lost controller first (its data stops); the control
-        # interface is never called while it is down (ur_rtde would block reconnecting)
-        return self.receive is not None and self.receive.isConnected() and (self.dry_run or self.control is not None)
-
-    def disconnect(self) -> None:
-        """Drop the lost receive stream; connect() builds a new one and reconnects the control
-        interface (which ur_rtde keeps, and which is not called while the stream is down)."""
-        if self.receive is not None:
-            try:
-                self.receive.disconnect()
-            except RuntimeError:
-                pass
-        self.receive = None
+        return self.link is not None and bool(self.state)
 
     # ---------------------------------------------------------------- inputs
     def on_action(self, msg: JointTrajectory) -> None:
@@ -167,11 +168,13 @@ class UR5Driver(Node):
             pose = delta_to_target(pose, row, self.get_parameter("translation_scale").value,
                                    self.get_parameter("rotation_scale").value, self.get_parameter("action_frame").value)
             targets.append(pose)
+        grips = [gripper_command(self.gripper.interface, row[6]) if len(row) > 6 else None for row in actions]
         times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
         now = time.monotonic()
         with self.lock:
             self.plan = targets
             self.plan_times = [now + t for t in times]
+            self.plan_grips = grips
             self.plan_start, self.plan_origin = now, start
             self.last_action = now
 
@@ -181,11 +184,17 @@ class UR5Driver(Node):
         self.get_logger().warning(text, throttle_duration_sec=1.0)
 
     def on_unlock(self, request, response):
-        if self.dashboard is None:
-            response.success, response.message = False, "dry run: no dashboard connection"
+        link = self.link
+        if self.dry_run or link is None:
+            response.success = False
+            response.message = "dry run: no dashboard connection" if self.dry_run else "not connected to the robot"
             return response
-        self.dashboard.unlockProtectiveStop()
-        response.success, response.message = True, "unlock protective stop sent"
+        try:
+            reply = link.call("unlock_protective_stop", timeout=5.0)
+        except LinkDown as error:
+            response.success, response.message = False, f"unlock failed: {error}"
+            return response
+        response.success, response.message = True, f"unlock protective stop sent; the dashboard said {reply!r}"
         return response
 
     # ---------------------------------------------------------------- the servo loop
@@ -205,33 +214,39 @@ class UR5Driver(Node):
         rotation = Rotation.from_rotvec(w * relative) * Rotation.from_rotvec(a[3:])
         return np.concatenate([a[:3] + w * (b[:3] - a[:3]), rotation.as_rotvec()])
 
-    def control_ready(self) -> bool:
-        """Whether a control call can go out now (ur_rtde blocks reconnecting if called while down)."""
-        return self.control is not None and self.control.isConnected() and self.receive.isConnected()
+    def grip(self, now: float) -> None:
+        """Send the gripper command of the policy step now running, if it changed."""
+        with self.lock:
+            if not self.plan_grips:
+                return
+            grip = self.plan_grips[min(int(np.searchsorted(self.plan_times, now, side="right")),
+                                       len(self.plan_grips) - 1)]
+        if grip is None or grip == self.grip_sent:
+            return
+        if self.dry_run:
+            self.get_logger().info(f"dry run: gripper {self.gripper.interface} {grip}")
+        else:
+            self.link.call("grip", grip, timeout=max(self.call_timeout, 2.0))
+        self.grip_sent = grip
 
     def tick(self) -> None:
-        r = self.receive
-        q, tcp = np.asarray(r.getActualQ()), np.asarray(r.getActualTCPPose())
-        bits = r.getSafetyStatusBits()
-        self.state = {"q": q, "tcp": tcp, "bits": bits, "robot_mode": r.getRobotMode(),
-                      "safety_mode": r.getSafetyMode(), "runtime_state": r.getRuntimeState(),
-                      "speed_scaling": r.getSpeedScaling()}
+        s = self.link.call("state")
+        q, tcp, bits = np.asarray(s["q"]), np.asarray(s["tcp"]), s["bits"]
+        self.state = {**s, "q": q, "tcp": tcp}
         self.publish_state(q, tcp)
-        halted = bool(bits & (1 << PROTECTIVE_STOP_BIT) or bits & (1 << EMERGENCY_STOP_BIT))
-        target = None if halted else self.desired(time.monotonic())
-        if halted:
+        if bits & (1 << PROTECTIVE_STOP_BIT) or bits & (1 << EMERGENCY_STOP_BIT):
             with self.lock:
                 self.plan = []  # actions from before a stop are stale
             if not self.stopped:
                 self.report("safety_stops", "protective or emergency stop: no motion commanded")
             self.stopped, self.commanded = True, None
             return
+        now = time.monotonic()
+        target = self.desired(now)
         if target is None:
             if not self.stopped:
-                if self.control is not None:
-                    if not self.control_ready():
-                        return  # try again next tick: "stopped" only once servoStop went out
-                    self.control.servoStop()
+                if not self.dry_run:
+                    self.link.call("servo_stop")
                 self.report("watchdog_stops", "no valid action in time: arm stopped")
                 self.safety.reset()
                 self.stopped, self.commanded = True, None
@@ -244,13 +259,12 @@ class UR5Driver(Node):
             return
         if reports:
             self.report("clamped", "; ".join(reports))
-        if self.control is not None:
-            if not self.control_ready():
-                return
-            self.control.servoL(safe.tolist(), 0.0, 0.0, self.period, self.lookahead, self.gain)
-        else:
+        if self.dry_run:
             self.get_logger().info(f"dry run: servoL {np.round(safe, 4).tolist()}", throttle_duration_sec=1.0)
+        else:
+            self.link.call("servo_l", safe.tolist(), self.period, self.lookahead, self.gain)
         self.commanded, self.stopped = safe, False
+        self.grip(now)
 
     def publish_state(self, q: np.ndarray, tcp: np.ndarray) -> None:
         stamp = self.get_clock().now().to_msg()
@@ -290,22 +304,20 @@ class UR5Driver(Node):
         backoff = 0.5
         next_tick = time.monotonic()
         while rclpy.ok():
-            if not self.connected():
-                self.report("reconnects", f"connection to {self.ip} lost: stopped commanding, reconnecting")
-                self.stopped, self.commanded = True, None
-                self.disconnect()
+            if self.link is None:
                 time.sleep(backoff)
                 try:
                     self.connect()
                     backoff = 0.5
-                except RuntimeError as error:
+                    next_tick = time.monotonic()
+                except LinkDown as error:
                     self.get_logger().warning(f"reconnect failed: {error}", throttle_duration_sec=2.0)
                     backoff = min(backoff * 2, 5.0)
                 continue
             try:
                 self.tick()
-            except RuntimeError as error:  # the bindings raise on a dropped socket
-                self.report("reconnects", f"RTDE error: {error}")
+            except LinkDown as error:
+                self.disconnect(str(error))
                 continue
             next_tick += self.period
             time.sleep(max(0.0, next_tick - time.monotonic()))
@@ -315,16 +327,12 @@ class UR5Driver(Node):
     def shutdown(self) -> None:
         if self.camera is not None:
             self.camera.close()
-        if self.control is not None and self.receive is not None and self.control_ready():
-            try:
-                self.control.servoStop()
-                self.control.stopScript()
-            except RuntimeError:
-                pass
+        if self.link is not None:
+            self.link.close()
 
 
 def main(args=None) -> None:
-    process.run(UR5Driver, UR5Driver.run, (ValueError, RuntimeError), "ur5_driver",
+    process.run(UR5Driver, UR5Driver.run, (ValueError, LinkDown), "ur5_driver",
                 cleanup=UR5Driver.shutdown, args=args)
 
 

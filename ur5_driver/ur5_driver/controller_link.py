@@ -1,0 +1,199 @@
+"""The ur_rtde session in a child process that the driver can always kill.
+
+ur_rtde's control interface runs its own reconnect loop when the controller goes away, and a call
+made then blocks inside the bindings. So the driver never calls ur_rtde in its own process: a
+:class:`ControllerLink` starts ``python -m ur5_driver.controller_link`` with one end of a socket
+pair, and every call (read the state, servoL, servoStop, unlock, gripper) is a message with a
+deadline. A call that fails, or does not answer in time, raises :class:`LinkDown` and the child is
+killed; the driver then reconnects with a fresh child. When the child dies the controller sees its
+RTDE connection drop and the control script's watchdog stops the arm.
+
+The child (:class:`RobotSession`) owns the receive interface, and unless it is a dry run the
+control interface, the dashboard client and the gripper. It refuses control calls while the
+receive stream is down, and exits when the driver's end of the pair closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from ur5_driver.gripper import GripperConfig, RobotiqSocket
+
+STATE_FIELDS = ("q", "tcp", "bits", "robot_mode", "safety_mode", "runtime_state", "speed_scaling")
+
+
+class LinkDown(RuntimeError):
+    """The controller cannot be reached through this link (failed, timed out, or closed)."""
+
+
+class RobotSession:
+    """The ur_rtde interfaces for one connection to one controller (lives in the child)."""
+
+    def __init__(self, ip: str, control: bool, watchdog_hz: float, gripper: GripperConfig):
+        import rtde_receive
+
+        self.receive = rtde_receive.RTDEReceiveInterface(ip)
+        self.control = self.dashboard = self.io = self.robotiq = None
+        self.gripper = gripper
+        if not control:
+            return
+        import dashboard_client
+        import rtde_control
+
+        self.control = rtde_control.RTDEControlInterface(ip)
+        self.control.setWatchdog(watchdog_hz)
+        self.dashboard = dashboard_client.DashboardClient(ip)
+        self.dashboard.connect()
+        if gripper.interface == "robotiq_socket":
+            self.robotiq = RobotiqSocket(ip, gripper.port)
+        elif gripper.interface == "digital_output":
+            import rtde_io
+
+            self.io = rtde_io.RTDEIOInterface(ip)
+
+    def _check(self) -> None:
+        if not self.receive.isConnected():
+            raise LinkDown("the RTDE data stream stopped")
+        if self.control is not None and not self.control.isConnected():
+            raise LinkDown("the control interface lost its connection")
+
+    def state(self) -> dict:
+        self._check()
+        r = self.receive
+        return {"q": list(r.getActualQ()), "tcp": list(r.getActualTCPPose()), "bits": r.getSafetyStatusBits(),
+                "robot_mode": r.getRobotMode(), "safety_mode": r.getSafetyMode(),
+                "runtime_state": r.getRuntimeState(), "speed_scaling": r.getSpeedScaling()}
+
+    def servo_l(self, pose: list[float], period: float, lookahead: float, gain: float) -> None:
+        self._check()
+        self.control.servoL(pose, 0.0, 0.0, period, lookahead, gain)
+
+    def servo_stop(self) -> None:
+        self._check()
+        self.control.servoStop()
+
+    def unlock_protective_stop(self) -> str:
+        if self.dashboard is None:
+            raise LinkDown("dry run: no dashboard connection")
+        return self.dashboard.unlockProtectiveStop()
+
+    def grip(self, command: int) -> None:
+        self._check()
+        if self.robotiq is not None:
+            self.robotiq.move(command)
+        elif self.io is not None:
+            set_output = self.io.setStandardDigitalOut if self.gripper.output_bank == "standard" \
+                else self.io.setToolDigitalOut
+            if not set_output(self.gripper.output_pin, bool(command)):
+                raise LinkDown("the controller refused the gripper's digital output")
+
+    def close(self) -> None:
+        if self.control is not None and self.receive.isConnected() and self.control.isConnected():
+            self.control.servoStop()
+            self.control.stopScript()
+
+
+def serve(conn: Connection, session: RobotSession) -> None:
+    """Answer the driver's calls until its end of the pair closes (or it asks to close)."""
+    while True:
+        try:
+            method, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            conn.send(("ok", getattr(session, method)(*args)))
+        except Exception as error:  # noqa: BLE001 - every failure goes back to the driver, which decides
+            conn.send(("error", f"{type(error).__name__}: {error}"))
+        if method == "close":
+            return
+
+
+class ControllerLink:
+    """The driver's end: calls into a child :class:`RobotSession`, each with a deadline."""
+
+    def __init__(self, ip: str, control: bool, watchdog_hz: float, gripper: GripperConfig,
+                 call_timeout: float = 0.5, connect_timeout: float = 10.0):
+        parent, child = socket.socketpair()
+        options = json.dumps({"ip": ip, "control": control, "watchdog_hz": watchdog_hz, "gripper": asdict(gripper)})
+        # the child runs this very copy of ur5_driver, wherever the driver's came from
+        here = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH")))))
+        self.process = subprocess.Popen([sys.executable, "-m", "ur5_driver.controller_link", "--fd",
+                                         str(child.fileno()), "--options", options], pass_fds=(child.fileno(),),
+                                        env=env)
+        child.close()
+        self.conn = Connection(parent.detach())
+        self.call_timeout = call_timeout
+        self.lock = threading.Lock()
+        self._answer(connect_timeout, "connect")
+
+    def _answer(self, timeout: float, method: str):
+        try:
+            ready = self.conn.poll(timeout)
+            status, value = self.conn.recv() if ready else ("error", f"no answer in {timeout:.2f} s")
+        except (EOFError, OSError):
+            status, value = "error", "the controller link process ended"
+        if status != "ok":
+            self.kill()
+            raise LinkDown(f"{method}: {value}")
+        return value
+
+    def call(self, method: str, *args, timeout: float | None = None):
+        with self.lock:
+            if self.process.poll() is not None:
+                raise LinkDown(f"{method}: the controller link is closed")
+            try:
+                self.conn.send((method, args))
+            except OSError:
+                self.kill()
+                raise LinkDown(f"{method}: the controller link process ended") from None
+            return self._answer(self.call_timeout if timeout is None else timeout, method)
+
+    def kill(self) -> None:
+        """End the child at once (it may be blocked inside ur_rtde)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.conn.close()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the arm and the control script if the controller answers, then end the child."""
+        try:
+            self.call("close", timeout=timeout)
+        except LinkDown:
+            return  # already killed
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="the ur_rtde session of ur5_driver (started by the driver)")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--options", required=True)
+    args = parser.parse_args(argv)
+    options = json.loads(args.options)
+    conn = Connection(args.fd)
+    try:
+        session = RobotSession(options["ip"], options["control"], options["watchdog_hz"],
+                               GripperConfig(**options["gripper"]))
+    except Exception as error:  # noqa: BLE001 - the driver reports why it could not connect
+        conn.send(("error", f"{type(error).__name__}: {error}"))
+        return
+    conn.send(("ok", None))
+    serve(conn, session)
+
+
+if __name__ == "__main__":
+    main()
