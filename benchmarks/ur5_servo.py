@@ -1,7 +1,8 @@
 """Benchmark the UR5 driver against the emulator; prints the figures for BENCHMARKS.md.
 
 * servo-loop period jitter: intervals between the servoL commands the emulator received while the
-  arm followed a plan (p50 / p99, and their deviation from the nominal period);
+  arm followed a plan (p50 / p99, and their deviation from the nominal period), and the period the
+  driver itself reports on ``robot_status`` (its loop over the last ~2 s);
 * end-to-end latency: action_chunk published -> first servoL of it received by the emulator
   (both stamped with the system-wide monotonic clock).
 
@@ -25,17 +26,20 @@ import rclpy  # noqa: E402
 from test_ur5_driver import Client, commands, port_open  # noqa: E402
 
 
-def main() -> None:
+def measure(e_series: bool) -> None:
+    """One controller generation: CB3 (125 Hz) or e-Series (500 Hz)."""
+    rate = 500.0 if e_series else 125.0
     work = Path(tempfile.mkdtemp())
     log = work / "commands.jsonl"
-    rclpy.init()
-    emulator = NodeProcess("ur5_driver.emulator", DOMAIN, log=work / "emulator.log", ros_args=["--log", str(log)])
+    emulator = NodeProcess("ur5_driver.emulator", DOMAIN, log=work / "emulator.log",
+                           ros_args=["--log", str(log)] + (["--e-series"] if e_series else []))
     wait_for(lambda: port_open(30004), 30)
-    driver = NodeProcess("ur5_driver.node", DOMAIN, {"robot_ip": "127.0.0.1", "dry_run": False},
-                         log=work / "driver.log")
+    driver = NodeProcess("ur5_driver.node", DOMAIN, {"robot_ip": "127.0.0.1", "dry_run": False,
+                                                     "servo_rate_hz": rate}, log=work / "driver.log")
     client = Client()
     try:
-        wait_for(lambda: len(client.joints) > 5, 60, client.spin)
+        if not wait_for(lambda: len(client.joints) > 5 and client.status, 60, client.spin):
+            raise SystemExit(f"the driver did not come up:\n{driver.output()[-3000:]}")
         latencies, intervals = [], []
         for trial in range(20):
             before = len(commands(log))
@@ -46,19 +50,31 @@ def main() -> None:
             new = [e for e in commands(log)[before:] if e["command"] == "servoL"]
             latencies.append(new[0]["t"] - sent)
             intervals += list(np.diff([e["t"] for e in new]))
-        period = 1 / 125
+        period = 1e3 / rate
         lat = np.array(latencies) * 1e3
         iv = np.array(intervals) * 1e3
-        deviation = abs(iv - period * 1e3)
-        print(f"servo period (nominal {period * 1e3:.1f} ms), {len(iv)} intervals: "
-              f"p50 {np.percentile(iv, 50):.2f} ms, p99 {np.percentile(iv, 99):.2f} ms; "
-              f"|jitter| p50 {np.percentile(deviation, 50):.2f} ms, p99 {np.percentile(deviation, 99):.2f} ms")
-        print(f"action published -> first servoL at the emulator, {len(lat)} trials: "
+        deviation = abs(iv - period)
+        status = client.latest()
+        print(f"{'e-Series' if e_series else 'CB3'} at {rate:.0f} Hz (nominal period {period:.1f} ms)")
+        print(f"  servoL intervals at the emulator, {len(iv)}: p50 {np.percentile(iv, 50):.2f} ms, "
+              f"p99 {np.percentile(iv, 99):.2f} ms; |jitter| p50 {np.percentile(deviation, 50):.2f} ms, "
+              f"p99 {np.percentile(deviation, 99):.2f} ms")
+        print(f"  driver-reported loop period (last 2 s): p50 {status['servo_period_p50_ms']} ms, "
+              f"p99 {status['servo_period_p99_ms']} ms")
+        print(f"  action published -> first servoL at the emulator, {len(lat)} trials: "
               f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms")
     finally:
         driver.stop()
         emulator.stop()
         client.node.destroy_node()
+
+
+def main() -> None:
+    rclpy.init()
+    try:
+        measure(e_series=False)
+        measure(e_series=True)
+    finally:
         rclpy.shutdown()
 
 

@@ -21,6 +21,7 @@ ARGUMENTS = {
     "limits_file": ("", "driver parameters YAML with the safety limits (default: config/ur5_driver.yaml)"),
     "emulate": ("false", "start the UR controller emulator and drive it", ["true", "false"]),
     "camera": ("", "OpenCV camera: device index, stream URL or video file"),
+    "gripper": ("", "none | robotiq_socket | digital_output (default: the parameters file's)"),
     "policy": ("", "demo | openvla | pi0 | pi05 | smolvla"),
     "checkpoint": ("", "local checkpoint directory for a real policy"),
     "dictionary": ("", "intervention dictionary YAML"),

@@ -24,6 +24,7 @@ ARGUMENTS = {
     "strengths": ("", "initial strengths, e.g. up=2.0,slow=1.0"),
     "record": ("true", "record a rosbag2 (MCAP) bag"),
     "output_dir": ("bags", "where bags go"),
+    "bag_name": ("", "the bag's name (default: run_<time>)"),
     "video_dir": ("", "write an MP4 per episode here"),
     "namespace": ("", "namespace for all nodes"),
     "headless": ("true", "render offscreen with EGL (MUJOCO_GL=egl)"),

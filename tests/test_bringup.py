@@ -90,3 +90,24 @@ def test_hardware_flow_specs_refuse_what_is_unsafe_or_unknown():
     driver = nodes[0].parameters
     assert driver["dry_run"] is True and driver["servo_rate_hz"] == 500.0  # safe by default; e-Series rate
     assert driver["max_linear_speed"] == 0.10  # limits from config/ur5_driver.yaml
+    assert driver["gripper"] == "none"
+    _, nodes = bringup.hardware(robot_ip="10.0.0.2", gripper="robotiq_socket")
+    assert nodes[0].parameters["gripper"] == "robotiq_socket"
+    with pytest.raises(ValueError, match="gripper must be one of"):
+        bringup.hardware(robot_ip="10.0.0.2", gripper="suction")
+
+
+@pytest.mark.parametrize(("launch_file", "function", "launch_only"), [
+    ("hardware.launch.py", bringup.hardware, set()),
+    ("sim.launch.py", bringup.simulation, {"headless"}),  # sets MUJOCO_GL in the launch file itself
+])
+def test_launch_arguments_are_exactly_what_the_bringup_function_takes(launch_file, function, launch_only):
+    """The launch files pass every argument as ``function(**values)``: a missing or extra name would
+    only fail under ``ros2 launch``, which cannot run here, so it is checked from the source."""
+    import ast
+    import inspect
+
+    tree = ast.parse((bringup.CONFIG_DIR.parent / "launch" / launch_file).read_text())
+    names = next(ast.literal_eval(node.value).keys() for node in tree.body
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ARGUMENTS")
+    assert set(names) - launch_only == set(inspect.signature(function).parameters)

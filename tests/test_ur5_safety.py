@@ -96,3 +96,17 @@ def test_an_arm_outside_the_box_may_only_move_back_in():
     safety.reset()
     safe, _ = safety.filter(current, lower, HOME, 0.1)
     assert safe[2] < current[2]
+
+
+def test_the_ik_rotation_error_is_the_log_map_at_every_angle():
+    from scipy.spatial.transform import Rotation
+
+    from ur5_driver.kinematics import _rotation_error
+
+    rng = np.random.default_rng(0)
+    vectors = [rng.normal(size=3) * s for s in (1e-12, 1e-5, 0.1, 1.0, 2.5) for _ in range(20)]
+    for v in vectors + [np.array([np.pi - 1e-4, 0.0, 0.0]), np.array([0.0, np.pi, 0.0])]:
+        matrix = Rotation.from_rotvec(v).as_matrix()
+        error = _rotation_error(matrix)
+        assert np.allclose(Rotation.from_rotvec(error).as_matrix(), matrix, atol=1e-9)
+        assert np.linalg.norm(error) <= np.pi + 1e-9

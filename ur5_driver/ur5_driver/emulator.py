@@ -122,9 +122,10 @@ class Controller:
             self.q = self.q + move
             self.qd = move / dt
 
-    def outputs(self, name: str):
+    def outputs(self) -> dict:
+        """The named outputs of one data package (computed once per package, under the lock)."""
         q, pose = self.q, fk(self.q)
-        values = {"timestamp": time.monotonic() - self.start, "actual_q": q, "target_q": self.target_q,
+        return {"timestamp": time.monotonic() - self.start, "actual_q": q, "target_q": self.target_q,
                   "actual_qd": self.qd, "target_qd": self.qd, "actual_TCP_pose": pose,
                   "target_TCP_pose": fk(self.target_q), "robot_mode": self.robot_mode,
                   "safety_mode": 3 if self.protective_stop else self.safety_mode,
@@ -133,12 +134,14 @@ class Controller:
                   "robot_status_bits": 0b1111, "runtime_state": self.runtime_state, "speed_scaling": 1.0,
                   "target_speed_fraction": 1.0, f"output_int_register_{self.offset}": self.script_state,
                   "joint_mode": [253] * 6, "actual_digital_output_bits": self.digital_outputs}
-        if name in values:
-            return values[name]
-        kind = rtde_type(name)
+
+    def output(self, outputs: dict, name: str):
+        """One output's value: from :meth:`outputs`, a register the client wrote, or zero."""
+        if name in outputs:
+            return outputs[name]
         if name.startswith("output_") and name in self.registers:
             return self.registers[name]
-        return {"VECTOR6D": np.zeros(6), "VECTOR3D": np.zeros(3), "VECTOR6INT32": [0] * 6}.get(kind, 0)
+        return {"VECTOR6D": np.zeros(6), "VECTOR3D": np.zeros(3), "VECTOR6INT32": [0] * 6}.get(rtde_type(name), 0)
 
     # ------------------------------------------------------------------ commands
     def apply_inputs(self, values: dict[str, float]) -> None:
@@ -301,9 +304,9 @@ class RTDEConnection:
             recipe, names, types, frequency = self.outputs
             start = time.monotonic()
             with self.c.lock:
-                values = []
+                outputs, values = self.c.outputs(), []
                 for name in names:
-                    value = self.c.outputs(name)
+                    value = self.c.output(outputs, name)
                     values += list(np.asarray(value).ravel()) if np.ndim(value) else [value]
             fmt = ">B" + "".join(PACK[t] for t in types)
             try:

@@ -41,19 +41,24 @@ def fk(q: np.ndarray) -> np.ndarray:
 
 def jacobian(q: np.ndarray) -> np.ndarray:
     """(6, 6) geometric Jacobian: [linear velocity; angular velocity] of the TCP per joint velocity."""
-    fs = frames(np.asarray(q, np.float64))
-    p_end = fs[-1][:3, 3]
-    columns = []
-    for f in fs[:-1]:
-        z, p = f[:3, 2], f[:3, 3]
-        columns.append(np.concatenate([np.cross(z, p_end - p), z]))
-    return np.array(columns).T
+    return _jacobian(frames(np.asarray(q, np.float64)))
 
 
-def pose_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """(6,) [position error; rotation error as a rotation vector, base frame]."""
-    rotation = Rotation.from_rotvec(target[3:]) * Rotation.from_rotvec(current[3:]).inv()
-    return np.concatenate([target[:3] - current[:3], rotation.as_rotvec()])
+def _jacobian(fs: list[np.ndarray]) -> np.ndarray:
+    stacked = np.stack(fs[:-1])  # (6, 4, 4): each joint axis z and origin p, base frame
+    z, r = stacked[:, :3, 2], fs[-1][:3, 3] - stacked[:, :3, 3]
+    linear = np.stack([z[:, 1] * r[:, 2] - z[:, 2] * r[:, 1], z[:, 2] * r[:, 0] - z[:, 0] * r[:, 2],
+                       z[:, 0] * r[:, 1] - z[:, 1] * r[:, 0]], axis=1)  # z x r, written out (np.cross is slow)
+    return np.concatenate([linear, z], axis=1).T
+
+
+def _rotation_error(matrix: np.ndarray) -> np.ndarray:
+    """The rotation vector of a rotation matrix (the log map); scipy's slower path near pi."""
+    angle = np.arccos(np.clip((np.trace(matrix) - 1.0) / 2.0, -1.0, 1.0))
+    if angle > np.pi - 1e-3:
+        return Rotation.from_matrix(matrix).as_rotvec()
+    skew = np.array([matrix[2, 1] - matrix[1, 2], matrix[0, 2] - matrix[2, 0], matrix[1, 0] - matrix[0, 1]])
+    return skew * (0.5 if angle < 1e-9 else angle / (2.0 * np.sin(angle)))
 
 
 def ik(target: np.ndarray, seed: np.ndarray, tolerance: float = 1e-7, iterations: int = 200,
@@ -61,10 +66,14 @@ def ik(target: np.ndarray, seed: np.ndarray, tolerance: float = 1e-7, iterations
     """Joint angles reaching ``target`` nearest the ``seed`` branch (damped least squares)."""
     q = np.asarray(seed, np.float64).copy()
     target = np.asarray(target, np.float64)
-    for _ in range(iterations):
-        error = pose_error(target, fk(q))
+    target_rotation = Rotation.from_rotvec(target[3:]).as_matrix()
+    for _ in range(iterations):  # one forward pass per iteration gives both the error and the Jacobian
+        fs = frames(q)
+        end = fs[-1]
+        error = np.concatenate([target[:3] - end[:3, 3],
+                                _rotation_error(target_rotation @ end[:3, :3].T)])
         if np.linalg.norm(error) < tolerance:
             return q
-        j = jacobian(q)
+        j = _jacobian(fs)
         q += j.T @ np.linalg.solve(j @ j.T + damping**2 * np.eye(6), error)
     raise IKError(f"no IK solution within {iterations} iterations (residual {np.linalg.norm(error):.2e})")

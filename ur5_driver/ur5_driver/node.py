@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 import numpy as np
 import rclpy
@@ -103,6 +104,7 @@ class UR5Driver(Node):
         self.call_timeout = self.get_parameter("controller_timeout_s").value
         self.dry_run = self.get_parameter("dry_run").value
         self.period = 1.0 / self.get_parameter("servo_rate_hz").value
+        self.tick_starts: deque[float] = deque(maxlen=max(3, round(2.0 / self.period)))  # the last ~2 s
         # read-only parameters read once: the servo loop does no parameter look-ups per tick
         self.lookahead = self.get_parameter("lookahead_s").value
         self.gain = self.get_parameter("gain").value
@@ -287,6 +289,10 @@ class UR5Driver(Node):
                   "emergency_stop": bool(bits & (1 << EMERGENCY_STOP_BIT)),
                   "program_running": s.get("runtime_state") == 2, "robot_mode": s.get("robot_mode"),
                   "safety_mode": s.get("safety_mode"), "speed_scaling": s.get("speed_scaling"), **self.counts}
+        intervals = np.diff(self.tick_starts.copy()) * 1e3
+        if intervals.size:  # the servo loop's own period over the last ~2 s
+            values["servo_period_p50_ms"] = round(float(np.percentile(intervals, 50)), 3)
+            values["servo_period_p99_ms"] = round(float(np.percentile(intervals, 99)), 3)
         level = DiagnosticStatus.ERROR if values["protective_stop"] or values["emergency_stop"] or \
             not values["connected"] else (DiagnosticStatus.WARN if self.last_report else DiagnosticStatus.OK)
         return DiagnosticStatus(level=level, name=f"{self.get_name()}: robot", hardware_id=self.ip,
@@ -314,6 +320,7 @@ class UR5Driver(Node):
                     self.get_logger().warning(f"reconnect failed: {error}", throttle_duration_sec=2.0)
                     backoff = min(backoff * 2, 5.0)
                 continue
+            self.tick_starts.append(time.monotonic())
             try:
                 self.tick()
             except LinkDown as error:

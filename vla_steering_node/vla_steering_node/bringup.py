@@ -104,10 +104,13 @@ class ProcessSpec:
 
 
 def hardware(robot_ip: str = "", ur_type: str = "ur5", dry_run: bool = True, limits_file: str = "",
-             emulate: bool = False, camera: str = "", policy: str = "", checkpoint: str = "", dictionary: str = "",
+             emulate: bool = False, camera: str = "", gripper: str = "", policy: str = "", checkpoint: str = "",
+             dictionary: str = "",
              strengths: str = "", record: bool = True, output_dir: str = "bags",
              namespace: str = "") -> tuple[list[ProcessSpec], list[NodeSpec]]:
     """The hardware flow: [emulator,] UR5 driver, steering node, [recorder]."""
+    from ur5_driver.gripper import GripperConfig
+
     if ur_type not in ("ur5", "ur5e"):
         raise ValueError(f"ur_type must be ur5 (CB3) or ur5e, got {ur_type!r}")
     processes = []
@@ -122,6 +125,9 @@ def hardware(robot_ip: str = "", ur_type: str = "ur5", dry_run: bool = True, lim
     params.update(robot_ip=robot_ip, dry_run=bool(dry_run), servo_rate_hz=500.0 if ur_type == "ur5e" else 125.0)
     if camera:
         params["camera"] = camera
+    if gripper:
+        GripperConfig(gripper)  # an unknown interface is refused here, before anything starts
+        params["gripper"] = gripper
     driver = NodeSpec("ur5_driver", "ur5_driver", "ur5_driver.node", "ur5_driver", namespace, params)
     steering = steering_node(namespace=namespace, policy=policy, checkpoint=checkpoint, cameras=["agentview"],
                              state_source="joints", **{"steering.dictionary": dictionary}, **parse_strengths(strengths))
