@@ -144,10 +144,20 @@ def test_state_actions_limits_and_watchdog(rig):
     assert int(client.latest()["refused"]) >= 1
 
 
+def dashboard(command: str) -> str:
+    with socket.create_connection(("127.0.0.1", 29999), timeout=5) as s:
+        reader = s.makefile("rb")
+        reader.readline()  # greeting
+        s.sendall(command.encode() + b"\n")
+        return reader.readline().decode().strip()
+
+
 def test_protective_stop_blocks_motion_until_unlocked(rig):
     _, _, client, log = rig
+    raised = time.monotonic()
     log.with_suffix(".protective_stop").touch()
     assert wait_for(lambda: client.latest().get("protective_stop") == "True", 10, client.spin)
+    assert time.monotonic() - raised < 0.5  # reported when it happens, not at the next 1 Hz status
     for _ in range(5):
         client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
         client.wait(0.2)
@@ -161,6 +171,51 @@ def test_protective_stop_blocks_motion_until_unlocked(rig):
     client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
     client.wait(0.5)
     assert len([e for e in commands(log)[before:] if e["command"] == "servoL"]) > 5
+
+
+def test_emergency_stop_is_reported_and_only_a_release_ends_it(rig):
+    _, _, client, log = rig
+    log.with_suffix(".emergency_stop").touch()
+    assert wait_for(lambda: client.latest().get("emergency_stop") == "True", 10, client.spin)
+    assert client.status[-1].level == DiagnosticStatus.ERROR
+    unlock = client.node.create_client(Trigger, "/ur5_driver/unlock_protective_stop")
+    assert unlock.wait_for_service(timeout_sec=10)
+    future = unlock.call_async(Trigger.Request())  # the dashboard cannot unlock an emergency stop
+    assert wait_for(future.done, 10, client.spin)
+    for _ in range(5):
+        client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
+        client.wait(0.2)
+    assert client.latest()["emergency_stop"] == "True"
+    assert not [e for e in commands(log) if e["command"] == "servoL" and e["emergency_stop"]]
+    assert dashboard("emulator release emergency stop") == "Emergency stop released"  # the button, by hand
+    assert wait_for(lambda: client.latest().get("emergency_stop") == "False", 10, client.spin)
+    before = len(commands(log))
+    client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
+    client.wait(0.5)
+    assert len([e for e in commands(log)[before:] if e["command"] == "servoL"]) > 5
+
+
+@pytest.mark.parametrize("rig", [{"dry_run": True, "gripper": "robotiq_socket"}], indirect=True)
+def test_dry_run_moves_nothing(rig):
+    _, driver, client, log = rig
+    z0 = client.poses[-1].pose.position.z
+    for grip in (-1, 1):
+        client.send([[0, 0, 1, 0, 0, 0, grip]] * 4)
+        client.wait(0.3)
+    assert abs(client.poses[-1].pose.position.z - z0) < 1e-6  # joint states and pose still flow, unchanged
+    assert commands(log) == []  # not one command, not even the control script's set-up
+    assert "dry run: servoL" in driver.output() and "dry run: gripper robotiq_socket 255" in driver.output()
+
+
+@pytest.mark.parametrize(("params", "reason"), [
+    ({}, "robot_ip is required"),
+    ({"robot_ip": "127.0.0.2"}, "cannot start: connect: RuntimeError"),  # nothing listens there
+    ({"robot_ip": "127.0.0.1", "gripper": "vacuum"}, "gripper must be one of"),
+])
+def test_the_driver_refuses_to_start_with_a_clear_reason(params, reason, tmp_path):
+    driver = NodeProcess("ur5_driver.node", DOMAIN, params, log=tmp_path / "driver.log")
+    assert driver.process.wait(30) == 1
+    assert reason in driver.output(), driver.output()
 
 
 def test_killing_and_restarting_the_controller_stops_cleanly_and_reconnects(rig, tmp_path):

@@ -25,6 +25,9 @@ every gripper move and digital output change) is appended to the ``--log`` JSON-
 tests can check everything that reached the "robot". A protective
 stop (``touch <log>.protective_stop``, or the dashboard command ``emulator protective stop``)
 sets bit 2 of ``safety_status_bits``; the arm then ignores motion until ``unlock protective stop``.
+An emergency stop (``touch <log>.emergency_stop``, or ``emulator emergency stop``) sets bit 7 and
+safety mode ROBOT_EMERGENCY_STOP; the dashboard cannot unlock it (on a robot the button is
+released by hand): ``emulator release emergency stop`` stands for that.
 It must run in its own process: the ur_rtde bindings hold the GIL.
 """
 
@@ -46,6 +49,7 @@ HOME = np.array([0.0, -1.57, 1.57, -1.57, -1.57, 0.0])
 COMMANDS = {0: "clear", 1: "moveJ", 3: "moveL", 9: "speedJ", 10: "speedL", 11: "servoJ", 15: "speedStop",
             16: "servoStop", 24: "servoL", 33: "stopL", 34: "stopJ", 35: "setWatchdog", 255: "stopScript"}
 REALTIME = {9, 10, 11, 24}
+SAFETY_MODES = {1: "NORMAL", 3: "PROTECTIVE_STOP", 7: "ROBOT_EMERGENCY_STOP"}
 VECTOR6D = {"target_q", "target_qd", "target_qdd", "target_current", "target_moment", "actual_q", "actual_qd",
             "actual_current", "joint_control_output", "actual_TCP_pose", "actual_TCP_speed", "actual_TCP_force",
             "target_TCP_pose", "target_TCP_speed", "joint_temperatures", "actual_joint_voltage", "ft_raw_wrench",
@@ -97,6 +101,7 @@ class Controller:
         self.robot_mode = 7  # RUNNING
         self.safety_mode = 1  # NORMAL
         self.protective_stop = False
+        self.emergency_stop = False
         self.runtime_state = 1  # STOPPED until a program is uploaded or played
         self.registers: dict[str, float] = {}
         self.script_state = 1
@@ -116,21 +121,32 @@ class Controller:
         with self.lock:
             if self.watchdog_s and time.monotonic() - self.last_input > self.watchdog_s and self.runtime_state == 2:
                 self.target_q = self.q.copy()  # the control script's watchdog stops the arm
-            if self.protective_stop:
+            if self.halted:
                 self.target_q = self.q.copy()
             move = np.clip(self.target_q - self.q, -self.max_joint_speed * dt, self.max_joint_speed * dt)
             self.q = self.q + move
             self.qd = move / dt
 
+    @property
+    def halted(self) -> bool:
+        return self.protective_stop or self.emergency_stop
+
+    def safety(self) -> tuple[int, int]:
+        """(safety mode, safety status bits): NORMAL 1, PROTECTIVE_STOP 3, ROBOT_EMERGENCY_STOP 7;
+        bit 0 normal mode, bit 2 protective stop, bit 7 emergency stop."""
+        mode = 7 if self.emergency_stop else (3 if self.protective_stop else self.safety_mode)
+        bits = (1 << 0 if mode == 1 else 0) | (1 << 2 if self.protective_stop else 0) | \
+            (1 << 7 if self.emergency_stop else 0)
+        return mode, bits
+
     def outputs(self) -> dict:
         """The named outputs of one data package (computed once per package, under the lock)."""
         q, pose = self.q, fk(self.q)
+        safety_mode, safety_bits = self.safety()
         return {"timestamp": time.monotonic() - self.start, "actual_q": q, "target_q": self.target_q,
                   "actual_qd": self.qd, "target_qd": self.qd, "actual_TCP_pose": pose,
                   "target_TCP_pose": fk(self.target_q), "robot_mode": self.robot_mode,
-                  "safety_mode": 3 if self.protective_stop else self.safety_mode,
-                  "safety_status": 3 if self.protective_stop else self.safety_mode,
-                  "safety_status_bits": (1 << 0) | ((1 << 2) if self.protective_stop else 0),
+                  "safety_mode": safety_mode, "safety_status": safety_mode, "safety_status_bits": safety_bits,
                   "robot_status_bits": 0b1111, "runtime_state": self.runtime_state, "speed_scaling": 1.0,
                   "target_speed_fraction": 1.0, f"output_int_register_{self.offset}": self.script_state,
                   "joint_mode": [253] * 6, "actual_digital_output_bits": self.digital_outputs}
@@ -173,6 +189,7 @@ class Controller:
         if self.log is None:
             return
         entry = {"t": time.monotonic(), **entry, "protective_stop": self.protective_stop,
+                 "emergency_stop": self.emergency_stop,
                  "actual_tcp": fk(self.q).tolist()}
         with self.log.open("a") as out:
             out.write(json.dumps(entry) + "\n")
@@ -182,7 +199,7 @@ class Controller:
             self.script_state = 1
             return
         moving = command in (1, 3, 9, 10, 11, 24)
-        if moving and (self.protective_stop or self.runtime_state != 2):
+        if moving and (self.halted or self.runtime_state != 2):
             self.script_state = 1 if command in REALTIME else 2
             return
         if command in (11, 1):  # servoJ / moveJ: joint target
@@ -327,8 +344,8 @@ def dashboard(controller: Controller, conn: socket.socket) -> None:
         "polyscopeversion": lambda: "URSoftware 5.9.0.0 (emulated)" if c.e_series else "URSoftware 3.15.0 (emulated)",
         "get serial number": lambda: "20185500001",
         "robotmode": lambda: "Robotmode: RUNNING",
-        "safetystatus": lambda: "Safetystatus: PROTECTIVE_STOP" if c.protective_stop else "Safetystatus: NORMAL",
-        "safetymode": lambda: "Safetymode: PROTECTIVE_STOP" if c.protective_stop else "Safetymode: NORMAL",
+        "safetystatus": lambda: f"Safetystatus: {SAFETY_MODES[c.safety()[0]]}",
+        "safetymode": lambda: f"Safetymode: {SAFETY_MODES[c.safety()[0]]}",
         "is in remote control": lambda: "true",
         "running": lambda: f"Program running: {str(c.runtime_state == 2).lower()}",
         "programstate": lambda: "PLAYING rtde_control" if c.runtime_state == 2 else "STOPPED rtde_control",
@@ -347,6 +364,10 @@ def dashboard(controller: Controller, conn: socket.socket) -> None:
                     c.protective_stop, reply = False, "Protective stop releasing"
                 elif key == "emulator protective stop":
                     c.protective_stop, reply = True, "Protective stop raised"
+                elif key == "emulator emergency stop":
+                    c.emergency_stop, reply = True, "Emergency stop pressed"
+                elif key == "emulator release emergency stop":
+                    c.emergency_stop, reply = False, "Emergency stop released"
                 elif key in replies:
                     reply = replies[key]()
                 else:
@@ -439,15 +460,17 @@ def main(argv: list[str] | None = None) -> None:
     listen(args.host, 63352, lambda conn: robotiq_socket(controller, conn))
     print(f"UR controller emulator on {args.host} (RTDE 30004, dashboard 29999, script 30003, Robotiq 63352)",
           flush=True)
-    stop_file = args.log.with_suffix(".protective_stop") if args.log else None
+    triggers = {kind: args.log.with_suffix(f".{kind}") for kind in ("protective_stop", "emergency_stop")} \
+        if args.log else {}
     period = 0.002
     try:
         while True:
             time.sleep(period)
-            if stop_file is not None and stop_file.exists():
-                stop_file.unlink()
-                with controller.lock:
-                    controller.protective_stop = True
+            for kind, trigger in triggers.items():
+                if trigger.exists():
+                    trigger.unlink()
+                    with controller.lock:
+                        setattr(controller, kind, True)
             controller.step(period)
     except KeyboardInterrupt:
         pass

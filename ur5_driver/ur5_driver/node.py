@@ -150,6 +150,7 @@ class UR5Driver(Node):
         with self.lock:
             self.plan, self.plan_times, self.plan_grips = [], [], []
         self.commanded, self.stopped = None, True
+        self.publish_diagnostics()
 
     def connected(self) -> bool:
         return self.link is not None and bool(self.state)
@@ -234,13 +235,16 @@ class UR5Driver(Node):
     def tick(self) -> None:
         s = self.link.call("state")
         q, tcp, bits = np.asarray(s["q"]), np.asarray(s["tcp"]), s["bits"]
-        self.state = {**s, "q": q, "tcp": tcp}
+        previous, self.state = self.state, {**s, "q": q, "tcp": tcp}
         self.publish_state(q, tcp)
+        if any(previous.get(k) != s[k] for k in ("bits", "robot_mode", "safety_mode", "runtime_state")):
+            self.publish_diagnostics()  # a stop is reported at once, not at the next 1 Hz status
         if bits & (1 << PROTECTIVE_STOP_BIT) or bits & (1 << EMERGENCY_STOP_BIT):
             with self.lock:
                 self.plan = []  # actions from before a stop are stale
             if not self.stopped:
-                self.report("safety_stops", "protective or emergency stop: no motion commanded")
+                kind = "emergency" if bits & (1 << EMERGENCY_STOP_BIT) else "protective"
+                self.report("safety_stops", f"{kind} stop: no motion commanded")
             self.stopped, self.commanded = True, None
             return
         now = time.monotonic()
