@@ -65,12 +65,14 @@ class Client:
     def wait(self, seconds):
         wait_for(lambda: False, seconds, self.spin)
 
-    def send(self, rows):
+    def send(self, rows, times_ns=None):
+        """One chunk, a policy step every 50 ms unless ``times_ns`` (time_from_start per row) says otherwise."""
         msg = JointTrajectory(joint_names=["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"])
         msg.header.frame_id = "ee_delta_7d"
         for i, row in enumerate(rows):
             point = JointTrajectoryPoint(positions=[float(v) for v in row])
-            point.time_from_start.sec, point.time_from_start.nanosec = divmod((i + 1) * 50_000_000, 1_000_000_000)
+            step = (i + 1) * 50_000_000 if times_ns is None else times_ns[i]
+            point.time_from_start.sec, point.time_from_start.nanosec = divmod(step, 1_000_000_000)
             msg.points.append(point)
         self.actions.publish(msg)
 
@@ -129,6 +131,8 @@ def test_state_actions_limits_and_watchdog(rig):
     for _ in range(10):  # 'up' chunks, then silence
         client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
         client.wait(0.2)
+    client.send([[0, 0, -1, 0, 0, 0, -1]] * 3, times_ns=[100_000_000, 50_000_000, 150_000_000])  # time runs back
+    client.wait(1.1)  # refusals are logged once a second
     client.send([[np.nan] * 7] * 4)  # refused, never commanded
     client.send([[5, -5, 9, 0, 0, 0, 1]] * 4)  # out of range: clipped, then limited
     client.wait(1.0)
@@ -141,7 +145,8 @@ def test_state_actions_limits_and_watchdog(rig):
     assert stops, "the watchdog never stopped the arm"
     silence = stops[-1]["t"] - servo[-1]["t"]
     assert 0 <= silence <= 2 * 0.05 + 0.05  # within two control periods (plus scheduling slack)
-    assert int(client.latest()["refused"]) >= 1
+    assert int(client.latest()["refused"]) >= 2
+    assert "time_from_start must not decrease" in driver.output() and "finite False" in driver.output()
 
 
 def dashboard(command: str) -> str:

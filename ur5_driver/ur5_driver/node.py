@@ -119,10 +119,9 @@ class UR5Driver(Node):
         self.plan: list[np.ndarray] = []  # TCP targets, one per policy step
         self.plan_times: list[float] = []
         self.plan_grips: list[int | None] = []  # gripper command per policy step
-        self.last_action = 0.0
-        self.connection_epoch = 0
         self.counts = {"clamped": 0, "refused": 0, "watchdog_stops": 0, "safety_stops": 0, "reconnects": 0}
         self.last_report = ""
+        self.last_logged: dict[str, float] = {}
         self.link: ControllerLink | None = None
         self.state: dict = {}
         self.camera = None
@@ -164,6 +163,10 @@ class UR5Driver(Node):
             self.report("refused", f"action chunk refused (shape {actions.shape}, finite "
                         f"{bool(np.all(np.isfinite(actions)))})")
             return
+        times = np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points])
+        if times[0] < 0 or np.any(np.diff(times) < 0):
+            self.report("refused", f"action chunk refused: time_from_start must not decrease ({times.tolist()})")
+            return
         actions = np.clip(actions, -1.0, 1.0)
         start = np.asarray(self.state["tcp"]) if self.commanded is None else self.commanded
         targets, pose = [], start
@@ -172,19 +175,21 @@ class UR5Driver(Node):
                                    self.get_parameter("rotation_scale").value, self.get_parameter("action_frame").value)
             targets.append(pose)
         grips = [gripper_command(self.gripper.interface, row[6]) if len(row) > 6 else None for row in actions]
-        times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
         now = time.monotonic()
         with self.lock:
             self.plan = targets
-            self.plan_times = [now + t for t in times]
+            self.plan_times = (now + times).tolist()
             self.plan_grips = grips
             self.plan_start, self.plan_origin = now, start
-            self.last_action = now
 
     def report(self, counter: str, text: str) -> None:
+        """Count an event, keep it for the status, and log it (at most once a second per kind)."""
         self.counts[counter] += 1
         self.last_report = text
-        self.get_logger().warning(text, throttle_duration_sec=1.0)
+        now = time.monotonic()
+        if now - self.last_logged.get(counter, -1.0) >= 1.0:
+            self.last_logged[counter] = now
+            self.get_logger().warning(text)
 
     def on_unlock(self, request, response):
         link = self.link
