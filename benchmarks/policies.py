@@ -36,17 +36,27 @@ def step_time(policy: SteeredPolicy, observation: Observation, repeats: int) -> 
     return statistics.median(times)
 
 
-def overhead(name: str, policy: SteeredPolicy, engine: SteeringEngine, concept: str, obs: Observation) -> None:
+def overhead(name: str, policy: SteeredPolicy, engine: SteeringEngine, concept: str, obs: Observation,
+             pairs: int = 60) -> None:
+    """Steered / unsteered time per step as the median of per-pair ratios: one steered and one
+    unsteered call back to back (order alternating), so the machine's drift cancels in each pair."""
     for _ in range(3):
         policy.act(obs)
-    steered, plain = [], []
-    for _ in range(8):  # interleaved rounds
-        engine.set_strength(concept, 2.0)
-        steered.append(step_time(policy, obs, 5))
-        engine.set_strength(concept, 0.0)
-        plain.append(step_time(policy, obs, 5))
+    ratios, steered, plain = [], [], []
+    for i in range(pairs):
+        times = {}
+        for strength in ((2.0, 0.0) if i % 2 == 0 else (0.0, 2.0)):
+            engine.set_strength(concept, strength)
+            start = time.perf_counter()
+            policy.act(obs)
+            times[strength] = time.perf_counter() - start
+        steered.append(times[2.0])
+        plain.append(times[0.0])
+        ratios.append(times[2.0] / times[0.0])
+    engine.set_strength(concept, 0.0)
     s, u = statistics.median(steered), statistics.median(plain)
-    print(f"steering overhead, {name}: steered {s * 1e3:.2f} ms / unsteered {u * 1e3:.2f} ms = {s / u:.3f}")
+    print(f"steering overhead, {name}: steered {s * 1e3:.2f} ms / unsteered {u * 1e3:.2f} ms (medians); "
+          f"median of {pairs} per-pair ratios {statistics.median(ratios):.3f}")
 
 
 def mean_ci(values: np.ndarray) -> str:
