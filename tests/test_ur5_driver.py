@@ -200,6 +200,42 @@ def test_emergency_stop_is_reported_and_only_a_release_ends_it(rig):
     assert len([e for e in commands(log)[before:] if e["command"] == "servoL"]) > 5
 
 
+def test_a_hung_driver_is_stopped_by_the_controller_and_resumes_only_when_asked(rig):
+    _, driver, client, log = rig
+    client.send([[0, 0, 1, 0, 0, 0, -1]] * 100)  # 5 s of motion
+    assert wait_for(lambda: len([e for e in commands(log) if e["command"] == "servoL"]) > 20, 5, client.spin)
+    driver.process.send_signal(signal.SIGSTOP)  # the driver hangs mid-motion
+    try:
+        assert wait_for(lambda: any(e["command"] == "watchdog_expired" for e in commands(log)), 5)
+    finally:
+        driver.process.send_signal(signal.SIGCONT)
+    entries = commands(log)
+    expired = next(i for i, e in enumerate(entries) if e["command"] == "watchdog_expired")
+    last = max(e["t"] for e in entries[:expired] if "doubles" in e)
+    assert 0.2 <= entries[expired]["t"] - last <= 0.25 + 0.15  # controller_watchdog_s after the last input
+    assert wait_for(lambda: client.latest().get("program_running") == "False", 10, client.spin)
+    held = client.poses[-1].pose.position.z
+    client.wait(1.0)  # the driver runs again; the old plan and new actions alike must not move the arm
+    client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
+    client.wait(0.5)
+    assert abs(client.poses[-1].pose.position.z - held) < 1e-9
+    # at most the one command the driver had in hand when it hung (its state read came before the
+    # hang); once it has read that the program stopped, it sends nothing
+    assert len([e for e in commands(log)[expired:] if e["command"] == "servoL"]) <= 1
+    assert int(client.latest()["program_stops"]) >= 1
+    resume = client.node.create_client(Trigger, "/ur5_driver/resume_control")
+    assert resume.wait_for_service(timeout_sec=10)
+    future = resume.call_async(Trigger.Request())
+    assert wait_for(future.done, 15, client.spin) and future.result().success, future.result()
+    assert wait_for(lambda: client.latest().get("program_running") == "True", 10, client.spin)
+    z0 = client.poses[-1].pose.position.z
+    for _ in range(5):
+        client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
+        client.wait(0.2)
+    assert client.poses[-1].pose.position.z > z0 + 0.01
+    assert [e["command"] for e in commands(log)[expired:]].count("setWatchdog") == 1  # re-armed once
+
+
 @pytest.mark.parametrize("rig", [{"dry_run": True, "gripper": "robotiq_socket"}], indirect=True)
 def test_dry_run_moves_nothing(rig):
     _, driver, client, log = rig

@@ -31,5 +31,5 @@ def test_bad_gripper_settings_are_refused(kwargs, message):
 def test_a_controller_that_cannot_be_reached_is_a_clear_error():
     start = time.monotonic()
     with pytest.raises(LinkDown, match="connect: RuntimeError"):
-        ControllerLink("127.0.0.2", control=True, watchdog_hz=10.0, gripper=GripperConfig())  # nothing listens
+        ControllerLink("127.0.0.2", control=True, gripper=GripperConfig())  # nothing listens
     assert time.monotonic() - start < 10.0

@@ -5,8 +5,10 @@ made then blocks inside the bindings. So the driver never calls ur_rtde in its o
 :class:`ControllerLink` starts ``python -m ur5_driver.controller_link`` with one end of a socket
 pair, and every call (read the state, servoL, servoStop, unlock, gripper) is a message with a
 deadline. A call that fails, or does not answer in time, raises :class:`LinkDown` and the child is
-killed; the driver then reconnects with a fresh child. When the child dies the controller sees its
-RTDE connection drop and the control script's watchdog stops the arm.
+killed; the driver then reconnects with a fresh child. When the child dies the controller sees
+its RTDE connection drop and the control script's watchdog stops the arm. A command the
+controller refuses because its control program is not running raises :class:`ProgramNotRunning`
+and keeps the link.
 
 The child (:class:`RobotSession`) owns the receive interface, and unless it is a dry run the
 control interface, the dashboard client and the gripper. It refuses control calls while the
@@ -35,10 +37,15 @@ class LinkDown(RuntimeError):
     """The controller cannot be reached through this link (failed, timed out, or closed)."""
 
 
+class ProgramNotRunning(RuntimeError):
+    """The controller is reachable but its control program is not running (stopped on the pendant,
+    by its RTDE watchdog, or by a fault), so it refused a command."""
+
+
 class RobotSession:
     """The ur_rtde interfaces for one connection to one controller (lives in the child)."""
 
-    def __init__(self, ip: str, control: bool, watchdog_hz: float, gripper: GripperConfig):
+    def __init__(self, ip: str, control: bool, gripper: GripperConfig):
         import rtde_receive
 
         self.receive = rtde_receive.RTDEReceiveInterface(ip)
@@ -50,7 +57,6 @@ class RobotSession:
         import rtde_control
 
         self.control = rtde_control.RTDEControlInterface(ip)
-        self.control.setWatchdog(watchdog_hz)
         self.dashboard = dashboard_client.DashboardClient(ip)
         self.dashboard.connect()
         if gripper.interface == "robotiq_socket":
@@ -73,13 +79,33 @@ class RobotSession:
                 "robot_mode": r.getRobotMode(), "safety_mode": r.getSafetyMode(),
                 "runtime_state": r.getRuntimeState(), "speed_scaling": r.getSpeedScaling()}
 
+    def _accepted(self, accepted: bool, command: str) -> None:
+        if not accepted:
+            raise ProgramNotRunning(f"{command} refused: the control program is not running")
+
     def servo_l(self, pose: list[float], period: float, lookahead: float, gain: float) -> None:
         self._check()
-        self.control.servoL(pose, 0.0, 0.0, period, lookahead, gain)
+        self._accepted(self.control.servoL(pose, 0.0, 0.0, period, lookahead, gain), "servoL")
 
     def servo_stop(self) -> None:
         self._check()
-        self.control.servoStop()
+        self._accepted(self.control.servoStop(), "servoStop")
+
+    def arm_watchdog(self, frequency_hz: float) -> None:
+        """The program's RTDE watchdog on its command register (the driver arms it on its first tick,
+        so that connecting the gripper or anything else cannot starve it)."""
+        self._check()
+        self._accepted(self.control.setWatchdog(frequency_hz), "setWatchdog")
+
+    def kick_watchdog(self) -> None:
+        """Update the command register the program's RTDE watchdog watches (every idle tick)."""
+        self._check()
+        self._accepted(self.control.kickWatchdog(), "kickWatchdog")
+
+    def restart_program(self) -> None:
+        """Upload the control program again (its watchdog went with the old one)."""
+        self._check()
+        self._accepted(self.control.reuploadScript(), "reuploadScript")
 
     def unlock_protective_stop(self) -> str:
         if self.dashboard is None:
@@ -111,6 +137,8 @@ def serve(conn: Connection, session: RobotSession) -> None:
             return
         try:
             conn.send(("ok", getattr(session, method)(*args)))
+        except ProgramNotRunning as error:
+            conn.send(("not_running", str(error)))
         except Exception as error:  # noqa: BLE001 - every failure goes back to the driver, which decides
             conn.send(("error", f"{type(error).__name__}: {error}"))
         if method == "close":
@@ -120,10 +148,10 @@ def serve(conn: Connection, session: RobotSession) -> None:
 class ControllerLink:
     """The driver's end: calls into a child :class:`RobotSession`, each with a deadline."""
 
-    def __init__(self, ip: str, control: bool, watchdog_hz: float, gripper: GripperConfig,
+    def __init__(self, ip: str, control: bool, gripper: GripperConfig,
                  call_timeout: float = 0.5, connect_timeout: float = 10.0):
         parent, child = socket.socketpair()
-        options = json.dumps({"ip": ip, "control": control, "watchdog_hz": watchdog_hz, "gripper": asdict(gripper)})
+        options = json.dumps({"ip": ip, "control": control, "gripper": asdict(gripper)})
         # the child runs this very copy of ur5_driver, wherever the driver's came from
         here = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH")))))
@@ -142,6 +170,8 @@ class ControllerLink:
             status, value = self.conn.recv() if ready else ("error", f"no answer in {timeout:.2f} s")
         except (EOFError, OSError):
             status, value = "error", "the controller link process ended"
+        if status == "not_running":
+            raise ProgramNotRunning(value)  # the link itself is fine
         if status != "ok":
             self.kill()
             raise LinkDown(f"{method}: {value}")
@@ -186,8 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     options = json.loads(args.options)
     conn = Connection(args.fd)
     try:
-        session = RobotSession(options["ip"], options["control"], options["watchdog_hz"],
-                               GripperConfig(**options["gripper"]))
+        session = RobotSession(options["ip"], options["control"], GripperConfig(**options["gripper"]))
     except Exception as error:  # noqa: BLE001 - the driver reports why it could not connect
         conn.send(("error", f"{type(error).__name__}: {error}"))
         return

@@ -109,8 +109,8 @@ class Controller:
         self.log = log
         self.input_owner: dict[str, int] = {}
         self.start = time.monotonic()
-        self.watchdog_s = 0.0
-        self.last_input = time.monotonic()
+        self.watchdog_s = 0.0  # the control script's rtde_set_watchdog on the command register, "stop"
+        self.last_command_input = time.monotonic()
         self.max_joint_speed = 3.0  # rad/s, what the emulated joints can do
         self.offset = 0  # register range the client uses (0, or 24 with its upper-range flag)
         self.digital_outputs = 0  # standard 0-7, configurable 8-15, tool 16-17
@@ -119,13 +119,26 @@ class Controller:
     # ------------------------------------------------------------------ motion
     def step(self, dt: float) -> None:
         with self.lock:
-            if self.watchdog_s and time.monotonic() - self.last_input > self.watchdog_s and self.runtime_state == 2:
-                self.target_q = self.q.copy()  # the control script's watchdog stops the arm
+            if self.watchdog_s and time.monotonic() - self.last_command_input > self.watchdog_s and \
+                    self.runtime_state == 2:
+                # no update of the command register in time: the program is stopped, the arm
+                # holds, and commands do nothing until a new program runs
+                self.stop_program()
+                self.log_event({"command": "watchdog_expired"})
             if self.halted:
                 self.target_q = self.q.copy()
             move = np.clip(self.target_q - self.q, -self.max_joint_speed * dt, self.max_joint_speed * dt)
             self.q = self.q + move
             self.qd = move / dt
+
+    def start_program(self) -> None:
+        """A control program starts (uploaded to the script port, or played): no watchdog yet."""
+        self.runtime_state, self.script_state, self.watchdog_s = 2, 1, 0.0
+        self.last_command_input = time.monotonic()
+
+    def stop_program(self) -> None:
+        """The program stops (and with it its watchdogs); the arm holds where it is."""
+        self.runtime_state, self.watchdog_s, self.target_q = 1, 0.0, self.q.copy()
 
     @property
     def halted(self) -> bool:
@@ -163,7 +176,6 @@ class Controller:
     def apply_inputs(self, values: dict[str, float]) -> None:
         with self.lock:
             self.registers.update(values)
-            self.last_input = time.monotonic()
             for bank, shift in (("standard", 0), ("configurable", 8), ("tool", 16)):
                 mask = int(values.get(f"{bank}_digital_output_mask", 0)) << shift
                 if mask:
@@ -173,6 +185,7 @@ class Controller:
             key = f"input_int_register_{self.offset}"
             if key not in values:
                 return
+            self.last_command_input = time.monotonic()  # what the watchdog watches (kickWatchdog writes 0)
             command = int(values[key])
             doubles = [float(self.registers.get(f"input_double_register_{self.offset + i}", 0.0))
                        for i in range(24)]
@@ -214,10 +227,10 @@ class Controller:
                 self.target_q = self.q + np.asarray(d[:6]) * 0.008
         elif command in (15, 16, 33, 34):  # stops
             self.target_q = self.q.copy()
-        elif command == 35:  # setWatchdog(min frequency)
+        elif command == 35:  # setWatchdog(min frequency): rtde_set_watchdog on the command register
             self.watchdog_s = 1.0 / d[0] if d[0] > 0 else 0.0
         elif command == 255:
-            self.runtime_state = 1
+            self.stop_program()
         self.script_state = 1 if command in REALTIME else 2  # real-time commands return at once
         self.last_command = command
 
@@ -357,9 +370,11 @@ def dashboard(controller: Controller, conn: socket.socket) -> None:
             key = command.lower()
             with c.lock:
                 if key == "stop":
-                    c.runtime_state, c.target_q, reply = 1, c.q.copy(), "Stopped"
+                    c.stop_program()
+                    reply = "Stopped"
                 elif key == "play":
-                    c.runtime_state, reply = 2, "Starting program"
+                    c.start_program()
+                    reply = "Starting program"
                 elif key == "unlock protective stop":
                     c.protective_stop, reply = False, "Protective stop releasing"
                 elif key == "emulator protective stop":
@@ -380,6 +395,8 @@ def dashboard(controller: Controller, conn: socket.socket) -> None:
 
 
 def script_port(controller: Controller, conn: socket.socket) -> None:
+    """Programs sent to the script port replace the running one; a client may keep the connection
+    and send again (ur_rtde's reuploadScript does)."""
     conn.settimeout(1.0)
     program = b""
     try:
@@ -388,18 +405,17 @@ def script_port(controller: Controller, conn: socket.socket) -> None:
                 chunk = conn.recv(65536)
             except TimeoutError:
                 chunk = None
-            if chunk:
-                program += chunk
-            if b"def " in program and program.rstrip().endswith(b"end") or chunk == b"":
+            if chunk == b"":
                 break
+            program += chunk or b""
+            if b"def " in program and (program.rstrip().endswith(b"end") or chunk is None):
+                with controller.lock:
+                    controller.start_program()
+                program = b""
     except OSError:
         pass
     finally:
         conn.close()
-    if b"def " in program:
-        with controller.lock:
-            controller.runtime_state = 2  # PLAYING
-            controller.script_state = 1
 
 
 def robotiq_socket(controller: Controller, conn: socket.socket) -> None:

@@ -10,10 +10,13 @@ servoJ would need IK here for every tick. Every tick's target goes through
 :class:`ur5_driver.safety.SafetyFilter` (per-step caps, TCP speed and acceleration, workspace box,
 joint margins); NaN is refused; nothing outside the limits is sent.
 
-Watchdog: with no valid action for ``action_timeout_s`` the arm is stopped (``servoStop``), and
-the controller-side RTDE watchdog is armed too (the control script stops the arm if the driver
-itself falls silent). During a protective or emergency stop nothing is
-commanded; ``~/unlock_protective_stop`` unlocks through the dashboard, only when asked.
+Watchdogs: with no valid action for ``action_timeout_s`` the arm is stopped (``servoStop``); and
+the controller-side RTDE watchdog is armed (ur_rtde's ``setWatchdog``: the controller stops the
+control program when its command register goes without an update for that long). Every tick
+that sends no command kicks it, so only a driver that stops ticking stops the program. During a
+protective or emergency stop, or while the control program is not running, nothing is commanded
+and pending actions are dropped; ``~/unlock_protective_stop`` unlocks through the dashboard and
+``~/resume_control`` uploads the control program again, each only when a person asks.
 
 Connection loss: ur_rtde runs in a child process (:mod:`ur5_driver.controller_link`) and every call
 has a deadline (``controller_timeout_s``). A call that fails or times out kills the child, the
@@ -42,7 +45,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from ur5_driver.camera import CameraPublisher
-from ur5_driver.controller_link import ControllerLink, LinkDown
+from ur5_driver.controller_link import ControllerLink, LinkDown, ProgramNotRunning
 from ur5_driver.gripper import GripperConfig, gripper_command
 from ur5_driver.safety import SafetyFilter, SafetyLimits, UnsafeCommand, delta_to_target
 from vla_steering_node import process
@@ -50,6 +53,7 @@ from vla_steering_node import process
 JOINT_NAMES = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint",
                "wrist_3_joint"]
 PROTECTIVE_STOP_BIT, EMERGENCY_STOP_BIT = 2, 7
+PLAYING = 2  # runtime_state of a running control program
 
 
 class UR5Driver(Node):
@@ -79,6 +83,9 @@ class UR5Driver(Node):
         self.declare_parameter("camera_rate_hz", 15.0, ro)
         self.declare_parameter("workspace_min", list(defaults.workspace_min), ro)
         self.declare_parameter("workspace_max", list(defaults.workspace_max), ro)
+        self.declare_parameter("controller_watchdog_s", 0.25, ParameterDescriptor(
+            read_only=True, description="the controller stops the control program when the driver sends "
+                                        "nothing for this long (the driver itself hung or died)"))
         self.declare_parameter("controller_timeout_s", 0.5, ParameterDescriptor(
             read_only=True, description="a call to the controller that takes longer means the connection is lost"))
         self.declare_parameter("gripper", "none", ParameterDescriptor(
@@ -109,17 +116,22 @@ class UR5Driver(Node):
         self.lookahead = self.get_parameter("lookahead_s").value
         self.gain = self.get_parameter("gain").value
         self.action_timeout = self.get_parameter("action_timeout_s").value
+        self.controller_watchdog = self.get_parameter("controller_watchdog_s").value
+        if not self.controller_watchdog > 0:
+            raise ValueError(f"controller_watchdog_s must be > 0, got {self.controller_watchdog}")
         self.joints_pub = self.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
         self.pose_pub = self.create_publisher(PoseStamped, "ee_pose", qos_profile_sensor_data)
         self.status_pub = self.create_publisher(DiagnosticStatus, "robot_status", 10)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(JointTrajectory, "action_chunk", self.on_action, 10)
         self.create_service(Trigger, "~/unlock_protective_stop", self.on_unlock)
+        self.create_service(Trigger, "~/resume_control", self.on_resume)
         self.lock = threading.Lock()
         self.plan: list[np.ndarray] = []  # TCP targets, one per policy step
         self.plan_times: list[float] = []
         self.plan_grips: list[int | None] = []  # gripper command per policy step
-        self.counts = {"clamped": 0, "refused": 0, "watchdog_stops": 0, "safety_stops": 0, "reconnects": 0}
+        self.counts = {"clamped": 0, "refused": 0, "watchdog_stops": 0, "safety_stops": 0, "program_stops": 0,
+                       "reconnects": 0}
         self.last_report = ""
         self.last_logged: dict[str, float] = {}
         self.link: ControllerLink | None = None
@@ -134,8 +146,9 @@ class UR5Driver(Node):
     # ---------------------------------------------------------------- connection
     def connect(self) -> None:
         """A fresh link (a new child process) and an empty plan: nothing from before is replayed."""
-        self.link = ControllerLink(self.ip, control=not self.dry_run, watchdog_hz=max(2.0, 1.0 / self.action_timeout),
-                                   gripper=self.gripper, call_timeout=self.call_timeout)
+        self.link = ControllerLink(self.ip, control=not self.dry_run, gripper=self.gripper,
+                                   call_timeout=self.call_timeout)
+        self.watchdog_armed = False
         with self.lock:
             self.plan, self.plan_times, self.plan_grips = [], [], []
         self.commanded, self.stopped, self.grip_sent = None, True, None
@@ -192,17 +205,28 @@ class UR5Driver(Node):
             self.get_logger().warning(text)
 
     def on_unlock(self, request, response):
+        return self.ask_controller(response, "unlock_protective_stop", "unlock protective stop sent")
+
+    def on_resume(self, request, response):
+        response = self.ask_controller(response, "restart_program", "control program uploaded and running again")
+        if response.success:
+            self.watchdog_armed = False  # the new program has no watchdog until the next tick arms it
+        return response
+
+    def ask_controller(self, response, method: str, done: str):
+        """A Trigger service that asks the controller for something, only when a person calls it."""
         link = self.link
         if self.dry_run or link is None:
             response.success = False
-            response.message = "dry run: no dashboard connection" if self.dry_run else "not connected to the robot"
+            response.message = "dry run: no control connection" if self.dry_run else "not connected to the robot"
             return response
         try:
-            reply = link.call("unlock_protective_stop", timeout=5.0)
-        except LinkDown as error:
-            response.success, response.message = False, f"unlock failed: {error}"
+            reply = link.call(method, timeout=10.0)
+        except (LinkDown, ProgramNotRunning) as error:
+            response.success, response.message = False, f"{method} failed: {error}"
             return response
-        response.success, response.message = True, f"unlock protective stop sent; the dashboard said {reply!r}"
+        response.success = True
+        response.message = done + (f"; the dashboard said {reply!r}" if reply else "")
         return response
 
     # ---------------------------------------------------------------- the servo loop
@@ -238,36 +262,57 @@ class UR5Driver(Node):
         self.grip_sent = grip
 
     def tick(self) -> None:
+        """Read the arm, then command it: a servo target, a stop, or (idle) a watchdog kick."""
         s = self.link.call("state")
-        q, tcp, bits = np.asarray(s["q"]), np.asarray(s["tcp"]), s["bits"]
+        q, tcp = np.asarray(s["q"]), np.asarray(s["tcp"])
         previous, self.state = self.state, {**s, "q": q, "tcp": tcp}
         self.publish_state(q, tcp)
         if any(previous.get(k) != s[k] for k in ("bits", "robot_mode", "safety_mode", "runtime_state")):
             self.publish_diagnostics()  # a stop is reported at once, not at the next 1 Hz status
-        if bits & (1 << PROTECTIVE_STOP_BIT) or bits & (1 << EMERGENCY_STOP_BIT):
-            with self.lock:
-                self.plan = []  # actions from before a stop are stale
-            if not self.stopped:
-                kind = "emergency" if bits & (1 << EMERGENCY_STOP_BIT) else "protective"
-                self.report("safety_stops", f"{kind} stop: no motion commanded")
-            self.stopped, self.commanded = True, None
+        if not self.dry_run and s["runtime_state"] != PLAYING:
+            self.halt("program_stops", "the control program is not running (stopped on the pendant, by the "
+                                       "controller's watchdog or by a fault): nothing commanded until "
+                                       "~/resume_control is called")
             return
+        if not self.dry_run and not self.watchdog_armed:
+            self.link.call("arm_watchdog", 1.0 / self.controller_watchdog)
+            self.watchdog_armed = True
+        if s["bits"] & (1 << PROTECTIVE_STOP_BIT | 1 << EMERGENCY_STOP_BIT):
+            kind = "emergency" if s["bits"] & (1 << EMERGENCY_STOP_BIT) else "protective"
+            self.halt("safety_stops", f"{kind} stop: no motion commanded")
+            sent = False
+        else:
+            sent = self.move(q, tcp)
+        if not sent and not self.dry_run:
+            self.link.call("kick_watchdog")  # an idle driver still shows the controller it is alive
+
+    def halt(self, counter: str, text: str) -> None:
+        """Command nothing and drop the plan: actions from before a stop are stale."""
+        with self.lock:
+            self.plan = []
+        if not self.stopped:
+            self.report(counter, text)
+        self.stopped, self.commanded = True, None
+
+    def move(self, q: np.ndarray, tcp: np.ndarray) -> bool:
+        """Follow the plan for one tick; True when a command went to the controller."""
         now = time.monotonic()
         target = self.desired(now)
         if target is None:
-            if not self.stopped:
-                if not self.dry_run:
-                    self.link.call("servo_stop")
-                self.report("watchdog_stops", "no valid action in time: arm stopped")
-                self.safety.reset()
-                self.stopped, self.commanded = True, None
-            return
+            if self.stopped:
+                return False
+            if not self.dry_run:
+                self.link.call("servo_stop")
+            self.report("watchdog_stops", "no valid action in time: arm stopped")
+            self.safety.reset()
+            self.stopped, self.commanded = True, None
+            return not self.dry_run
         current = tcp if self.commanded is None else self.commanded
         try:
             safe, reports = self.safety.filter(current, target, q, self.period)
         except UnsafeCommand as error:
             self.report("refused", f"command refused: {error}")
-            return
+            return False
         if reports:
             self.report("clamped", "; ".join(reports))
         if self.dry_run:
@@ -276,6 +321,7 @@ class UR5Driver(Node):
             self.link.call("servo_l", safe.tolist(), self.period, self.lookahead, self.gain)
         self.commanded, self.stopped = safe, False
         self.grip(now)
+        return not self.dry_run
 
     def publish_state(self, q: np.ndarray, tcp: np.ndarray) -> None:
         stamp = self.get_clock().now().to_msg()
@@ -332,6 +378,8 @@ class UR5Driver(Node):
             self.tick_starts.append(time.monotonic())
             try:
                 self.tick()
+            except ProgramNotRunning as error:  # it stopped between reading the state and commanding
+                self.halt("program_stops", str(error))
             except LinkDown as error:
                 self.disconnect(str(error))
                 continue
