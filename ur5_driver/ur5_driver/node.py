@@ -158,10 +158,7 @@ class UR5Driver(Node):
         self.report("reconnects", f"connection to {self.ip} lost ({reason}): stopped commanding, reconnecting")
         if self.link is not None:
             self.link.kill()
-        self.link, self.state = None, {}
-        with self.lock:
-            self.plan, self.plan_times, self.plan_grips = [], [], []
-        self.commanded, self.stopped = None, True
+        self.link, self.state = None, {}  # actions are ignored until connect() starts afresh
         self.publish_diagnostics()
 
     def connected(self) -> bool:
