@@ -300,6 +300,26 @@ def test_the_gripper_dimension_reaches_the_selected_gripper(rig):
         assert [bool(e["bits"] & (1 << 17)) for e in grips] == [False, True, False]  # tool output 1
 
 
+@pytest.mark.parametrize("rig", [{"gripper": "robotiq_socket"}], indirect=True)
+def test_a_failing_gripper_is_reported_and_never_holds_up_the_arm(rig):
+    _, driver, client, log = rig
+    fault = log.with_suffix(".gripper_fault")
+    fault.touch()
+    z0 = client.poses[-1].pose.position.z
+    for grip in (1, -1, 1, -1, 1):
+        client.send([[0, 0, 1, 0, 0, 0, grip]] * 4)
+        client.wait(0.2)
+    assert client.poses[-1].pose.position.z > z0 + 0.01  # the arm kept moving
+    status = client.latest()
+    assert int(status["gripper_errors"]) >= 1 and status["connected"] == "True" and status["reconnects"] == "0"
+    assert "gripper command" in driver.output()
+    fault.unlink()  # the gripper recovers: the failed 'close' is sent again (on a fresh socket)
+    for _ in range(8):
+        client.send([[0, 0, 0.2, 0, 0, 0, 1]] * 4)
+        client.wait(0.2)
+    assert [e["position"] for e in commands(log) if e["command"] == "gripper"][-1:] == [255], driver.output()[-2000:]
+
+
 def test_hardware_flow_against_the_emulator(tmp_path):
     """What hardware.launch.py starts with emulate:=true: emulator, driver (+ camera), steering node, recorder."""
     import cv2

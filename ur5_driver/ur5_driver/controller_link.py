@@ -28,9 +28,7 @@ from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from ur5_driver.gripper import GripperConfig, RobotiqSocket
-
-STATE_FIELDS = ("q", "tcp", "bits", "robot_mode", "safety_mode", "runtime_state", "speed_scaling")
+from ur5_driver.gripper import GripperConfig, GripperWorker, RobotiqSocket
 
 
 class LinkDown(RuntimeError):
@@ -49,8 +47,8 @@ class RobotSession:
         import rtde_receive
 
         self.receive = rtde_receive.RTDEReceiveInterface(ip)
-        self.control = self.dashboard = self.io = self.robotiq = None
-        self.gripper = gripper
+        self.control = self.dashboard = self.io = self.robotiq = self.gripper = None
+        self.ip, self.gripper_config = ip, gripper
         if not control:
             return
         import dashboard_client
@@ -60,11 +58,13 @@ class RobotSession:
         self.dashboard = dashboard_client.DashboardClient(ip)
         self.dashboard.connect()
         if gripper.interface == "robotiq_socket":
-            self.robotiq = RobotiqSocket(ip, gripper.port)
+            self.robotiq = RobotiqSocket(ip, gripper.port)  # unreachable at start: a start-up error
+            self.gripper = GripperWorker(self._move_robotiq)
         elif gripper.interface == "digital_output":
             import rtde_io
 
             self.io = rtde_io.RTDEIOInterface(ip)
+            self.gripper = GripperWorker(self._set_output)
 
     def _check(self) -> None:
         if not self.receive.isConnected():
@@ -77,7 +77,8 @@ class RobotSession:
         r = self.receive
         return {"q": list(r.getActualQ()), "tcp": list(r.getActualTCPPose()), "bits": r.getSafetyStatusBits(),
                 "robot_mode": r.getRobotMode(), "safety_mode": r.getSafetyMode(),
-                "runtime_state": r.getRuntimeState(), "speed_scaling": r.getSpeedScaling()}
+                "runtime_state": r.getRuntimeState(), "speed_scaling": r.getSpeedScaling(),
+                "gripper_error": self.gripper.error if self.gripper is not None else ""}
 
     def _accepted(self, accepted: bool, command: str) -> None:
         if not accepted:
@@ -113,14 +114,27 @@ class RobotSession:
         return self.dashboard.unlockProtectiveStop()
 
     def grip(self, command: int) -> None:
+        """Hand the command to the gripper's worker thread and return at once."""
         self._check()
-        if self.robotiq is not None:
-            self.robotiq.move(command)
-        elif self.io is not None:
-            set_output = self.io.setStandardDigitalOut if self.gripper.output_bank == "standard" \
-                else self.io.setToolDigitalOut
-            if not set_output(self.gripper.output_pin, bool(command)):
-                raise LinkDown("the controller refused the gripper's digital output")
+        if self.gripper is not None:
+            self.gripper.submit(command)
+
+    def _move_robotiq(self, position: int) -> None:
+        try:
+            if self.robotiq is None:  # the socket broke on an earlier command: open a new one
+                self.robotiq = RobotiqSocket(self.ip, self.gripper_config.port)
+            self.robotiq.move(position)
+        except (OSError, RuntimeError):
+            if self.robotiq is not None:
+                self.robotiq.close()
+            self.robotiq = None
+            raise
+
+    def _set_output(self, level: int) -> None:
+        config = self.gripper_config
+        set_output = self.io.setStandardDigitalOut if config.output_bank == "standard" else self.io.setToolDigitalOut
+        if not set_output(config.output_pin, bool(level)):
+            raise RuntimeError(f"the controller refused {config.output_bank} digital output {config.output_pin}")
 
     def close(self) -> None:
         if self.control is not None and self.receive.isConnected() and self.control.isConnected():

@@ -27,7 +27,8 @@ stop (``touch <log>.protective_stop``, or the dashboard command ``emulator prote
 sets bit 2 of ``safety_status_bits``; the arm then ignores motion until ``unlock protective stop``.
 An emergency stop (``touch <log>.emergency_stop``, or ``emulator emergency stop``) sets bit 7 and
 safety mode ROBOT_EMERGENCY_STOP; the dashboard cannot unlock it (on a robot the button is
-released by hand): ``emulator release emergency stop`` stands for that.
+released by hand): ``emulator release emergency stop`` stands for that. While
+``<log>.gripper_fault`` exists the Robotiq gripper refuses every ``SET``.
 It must run in its own process: the ur_rtde bindings hold the GIL.
 """
 
@@ -115,6 +116,7 @@ class Controller:
         self.offset = 0  # register range the client uses (0, or 24 with its upper-range flag)
         self.digital_outputs = 0  # standard 0-7, configurable 8-15, tool 16-17
         self.gripper = {"ACT": 0, "GTO": 0, "POS": 0, "SPE": 255, "FOR": 150}
+        self.gripper_fault = False  # the gripper refuses every SET while it lasts
 
     # ------------------------------------------------------------------ motion
     def step(self, dt: float) -> None:
@@ -425,7 +427,9 @@ def robotiq_socket(controller: Controller, conn: socket.socket) -> None:
         for raw in conn.makefile("rb"):
             words = raw.decode(errors="replace").split()
             with c.lock:
-                if len(words) >= 3 and words[0] == "SET" and len(words) % 2 == 1 and \
+                if c.gripper_fault and words[:1] == ["SET"]:
+                    reply = "?"
+                elif len(words) >= 3 and words[0] == "SET" and len(words) % 2 == 1 and \
                         all(v in c.gripper and n.isdigit() for v, n in zip(words[1::2], words[2::2])):
                     c.gripper.update({v: int(n) for v, n in zip(words[1::2], words[2::2])})
                     if "POS" in words[1::2]:
@@ -478,10 +482,13 @@ def main(argv: list[str] | None = None) -> None:
           flush=True)
     triggers = {kind: args.log.with_suffix(f".{kind}") for kind in ("protective_stop", "emergency_stop")} \
         if args.log else {}
+    gripper_fault = args.log.with_suffix(".gripper_fault") if args.log else None
     period = 0.002
     try:
         while True:
             time.sleep(period)
+            if gripper_fault is not None:
+                controller.gripper_fault = gripper_fault.exists()
             for kind, trigger in triggers.items():
                 if trigger.exists():
                     trigger.unlink()

@@ -11,14 +11,18 @@ driver's ``gripper`` parameter:
   output is high while the action asks to close (> 0).
 
 :func:`gripper_command` turns an action value into the command to send; a command goes out only
-when it differs from the last one sent, so a steady gripper costs nothing per servo tick.
+when it differs from the last one sent, so a steady gripper costs nothing per servo tick, and a
+:class:`GripperWorker` applies it in its own thread, so a slow or failing gripper never holds up
+the servo loop.
 """
 
 from __future__ import annotations
 
 import math
 import socket
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 INTERFACES = ("none", "robotiq_socket", "digital_output")
@@ -92,3 +96,33 @@ class RobotiqSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class GripperWorker:
+    """Applies the latest requested gripper command in its own thread; a request that arrives
+    while one is being applied replaces any older pending one. The last failure is kept (empty
+    after a success) for the driver to report."""
+
+    def __init__(self, apply: Callable[[int], None]):
+        self.apply = apply
+        self.request: int | None = None
+        self.error = ""
+        self.wake = threading.Condition()
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def submit(self, command: int) -> None:
+        with self.wake:
+            self.request = command
+            self.wake.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.wake:
+                while self.request is None:
+                    self.wake.wait()
+                command, self.request = self.request, None
+            try:
+                self.apply(command)
+                self.error = ""
+            except (OSError, RuntimeError) as error:
+                self.error = f"gripper command {command} failed: {error}"

@@ -131,7 +131,7 @@ class UR5Driver(Node):
         self.plan_times: list[float] = []
         self.plan_grips: list[int | None] = []  # gripper command per policy step
         self.counts = {"clamped": 0, "refused": 0, "watchdog_stops": 0, "safety_stops": 0, "program_stops": 0,
-                       "reconnects": 0}
+                       "gripper_errors": 0, "reconnects": 0}
         self.last_report = ""
         self.last_logged: dict[str, float] = {}
         self.link: ControllerLink | None = None
@@ -151,7 +151,7 @@ class UR5Driver(Node):
         self.watchdog_armed = False
         with self.lock:
             self.plan, self.plan_times, self.plan_grips = [], [], []
-        self.commanded, self.stopped, self.grip_sent = None, True, None
+        self.commanded, self.stopped, self.grip_sent, self.grip_time = None, True, None, 0.0
 
     def disconnect(self, reason: str) -> None:
         """Stop commanding: kill the link (the controller's watchdog stops the arm) and forget the state."""
@@ -244,19 +244,21 @@ class UR5Driver(Node):
         return np.concatenate([a[:3] + w * (b[:3] - a[:3]), rotation.as_rotvec()])
 
     def grip(self, now: float) -> None:
-        """Send the gripper command of the policy step now running, if it changed."""
+        """Send the gripper command of the policy step now running if it changed, or again once a
+        second while the gripper reports a failure."""
         with self.lock:
             if not self.plan_grips:
                 return
             grip = self.plan_grips[min(int(np.searchsorted(self.plan_times, now, side="right")),
                                        len(self.plan_grips) - 1)]
-        if grip is None or grip == self.grip_sent:
+        retry = bool(self.state.get("gripper_error")) and now - self.grip_time >= 1.0
+        if grip is None or (grip == self.grip_sent and not retry):
             return
         if self.dry_run:
             self.get_logger().info(f"dry run: gripper {self.gripper.interface} {grip}")
         else:
-            self.link.call("grip", grip, timeout=max(self.call_timeout, 2.0))
-        self.grip_sent = grip
+            self.link.call("grip", grip)
+        self.grip_sent, self.grip_time = grip, now
 
     def tick(self) -> None:
         """Read the arm, then command it: a servo target, a stop, or (idle) a watchdog kick."""
@@ -266,6 +268,8 @@ class UR5Driver(Node):
         self.publish_state(q, tcp)
         if any(previous.get(k) != s[k] for k in ("bits", "robot_mode", "safety_mode", "runtime_state")):
             self.publish_diagnostics()  # a stop is reported at once, not at the next 1 Hz status
+        if s["gripper_error"] and s["gripper_error"] != previous.get("gripper_error"):
+            self.report("gripper_errors", s["gripper_error"])  # the arm carries on
         if not self.dry_run and s["runtime_state"] != PLAYING:
             self.halt("program_stops", "the control program is not running (stopped on the pendant, by the "
                                        "controller's watchdog or by a fault): nothing commanded until "
