@@ -259,6 +259,18 @@ def test_the_driver_refuses_to_start_with_a_clear_reason(params, reason, tmp_pat
     assert reason in driver.output(), driver.output()
 
 
+def test_a_configured_gripper_that_cannot_be_reached_stops_the_start(tmp_path):
+    emulator = start_emulator(tmp_path / "commands.jsonl", tmp_path)
+    try:
+        driver = NodeProcess("ur5_driver.node", DOMAIN, {"robot_ip": "127.0.0.1", "dry_run": False,
+                                                         "gripper": "robotiq_socket", "gripper_port": 63399},
+                             log=tmp_path / "driver.log")
+        assert driver.process.wait(60) == 1
+        assert "cannot start: connect: ConnectionRefusedError" in driver.output(), driver.output()
+    finally:
+        emulator.stop()
+
+
 def test_killing_and_restarting_the_controller_stops_cleanly_and_reconnects(rig, tmp_path):
     emulator, driver, client, log = rig
     client.send([[0, 0, 1, 0, 0, 0, -1]] * 200)  # a 10 s plan, cut short by the loss
