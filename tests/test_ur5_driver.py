@@ -35,9 +35,9 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def start_emulator(log, tmp_path) -> NodeProcess:
+def start_emulator(log, tmp_path, e_series: bool = False) -> NodeProcess:
     process = NodeProcess("ur5_driver.emulator", DOMAIN, log=tmp_path / f"emulator{time.monotonic_ns()}.log",
-                          ros_args=["--log", str(log)])
+                          ros_args=["--log", str(log)] + (["--e-series"] if e_series else []))
     assert wait_for(lambda: port_open(30004) and port_open(29999), 30)
     return process
 
@@ -82,11 +82,15 @@ class Client:
 
 @pytest.fixture()
 def rig(request, tmp_path):
-    """Emulator, driver (extra parameters from an indirect parametrisation), and a test client."""
+    """Emulator, driver (extra parameters from an indirect parametrisation; ``e_series: True`` for a
+    5.x controller and a 500 Hz servo loop), and a test client."""
     rclpy.init()
     log = tmp_path / "commands.jsonl"
-    emulator = start_emulator(log, tmp_path)
     params = {"robot_ip": "127.0.0.1", "dry_run": False, **getattr(request, "param", {})}
+    e_series = params.pop("e_series", False)
+    if e_series:
+        params["servo_rate_hz"] = 500.0
+    emulator = start_emulator(log, tmp_path, e_series)
     driver = NodeProcess("ur5_driver.node", DOMAIN, params, log=tmp_path / "driver.log")
     client = Client()
     try:
@@ -101,13 +105,13 @@ def rig(request, tmp_path):
         assert code == 0, driver.output()[-3000:]
 
 
-def check_limits(entries):
+def check_limits(entries, period: float = SERVO_PERIOD):
     """Every servoL target inside the workspace, and within one tick's step of where the arm was
     commanded just before (inside a servo stream) or of where it actually was (a stream's first)."""
     arm = [e for e in entries if "doubles" in e]  # grippers and digital outputs do not move the arm
     for e in arm:
         assert all(np.isfinite(e["doubles"])), e
-    limit = min(LIMITS.max_step_translation, LIMITS.max_linear_speed * SERVO_PERIOD) + 1e-9
+    limit = min(LIMITS.max_step_translation, LIMITS.max_linear_speed * period) + 1e-9
     servo, previous = [], None
     for e in arm:
         if e["command"] != "servoL":
@@ -124,8 +128,10 @@ def check_limits(entries):
     return servo
 
 
-def test_state_actions_limits_and_watchdog(rig):
+@pytest.mark.parametrize("rig", [{}, {"e_series": True}], indirect=True, ids=["cb3", "e-series"])
+def test_state_actions_limits_and_watchdog(rig, request):
     _, driver, client, log = rig
+    period = 1 / 500 if request.node.callspec.params["rig"].get("e_series") else SERVO_PERIOD
     assert np.allclose(list(client.joints[-1].position), HOME, atol=1e-6)  # joint states track the emulator
     z0 = client.poses[-1].pose.position.z
     for _ in range(10):  # 'up' chunks, then silence
@@ -139,7 +145,7 @@ def test_state_actions_limits_and_watchdog(rig):
     assert client.poses[-1].pose.position.z > z0 + 0.02  # the emulated TCP went up
     assert wait_for(lambda: commands(log)[-1]["command"] == "servoStop", 5, client.spin), driver.output()[-3000:]
     entries = commands(log)
-    servo = check_limits(entries)  # nothing beyond the limits reached the "robot"
+    servo = check_limits(entries, period)  # nothing beyond the limits reached the "robot"
     assert len(servo) > 100
     stops = [e for e in entries if e["command"] == "servoStop"]
     assert stops, "the watchdog never stopped the arm"
