@@ -159,12 +159,12 @@ class Controller:
         q, pose = self.q, fk(self.q)
         safety_mode, safety_bits = self.safety()
         return {"timestamp": time.monotonic() - self.start, "actual_q": q, "target_q": self.target_q,
-                  "actual_qd": self.qd, "target_qd": self.qd, "actual_TCP_pose": pose,
-                  "target_TCP_pose": fk(self.target_q), "robot_mode": self.robot_mode,
-                  "safety_mode": safety_mode, "safety_status": safety_mode, "safety_status_bits": safety_bits,
-                  "robot_status_bits": 0b1111, "runtime_state": self.runtime_state, "speed_scaling": 1.0,
-                  "target_speed_fraction": 1.0, f"output_int_register_{self.offset}": self.script_state,
-                  "joint_mode": [253] * 6, "actual_digital_output_bits": self.digital_outputs}
+                "actual_qd": self.qd, "target_qd": self.qd, "actual_TCP_pose": pose,
+                "target_TCP_pose": fk(self.target_q), "robot_mode": self.robot_mode,
+                "safety_mode": safety_mode, "safety_status": safety_mode, "safety_status_bits": safety_bits,
+                "robot_status_bits": 0b1111, "runtime_state": self.runtime_state, "speed_scaling": 1.0,
+                "target_speed_fraction": 1.0, f"output_int_register_{self.offset}": self.script_state,
+                "joint_mode": [253] * 6, "actual_digital_output_bits": self.digital_outputs}
 
     def output(self, outputs: dict, name: str):
         """One output's value: from :meth:`outputs`, a register the client wrote, or zero."""
