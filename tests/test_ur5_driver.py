@@ -76,6 +76,14 @@ class Client:
             msg.points.append(point)
         self.actions.publish(msg)
 
+    def trigger(self, service: str):
+        """Call a std_srvs/Trigger service of the driver; its response."""
+        client = self.node.create_client(Trigger, f"/ur5_driver/{service}")
+        assert client.wait_for_service(timeout_sec=10)
+        future = client.call_async(Trigger.Request())
+        assert wait_for(future.done, 15, self.spin)
+        return future.result()
+
     def latest(self):
         return {kv.key: kv.value for kv in self.status[-1].values} if self.status else {}
 
@@ -173,11 +181,12 @@ def test_protective_stop_blocks_motion_until_unlocked(rig):
         client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
         client.wait(0.2)
     assert not [e for e in commands(log) if e["command"] == "servoL" and e["protective_stop"]]
-    unlock = client.node.create_client(Trigger, "/ur5_driver/unlock_protective_stop")
-    assert unlock.wait_for_service(timeout_sec=10)
-    future = unlock.call_async(Trigger.Request())
-    assert wait_for(future.done, 10, client.spin) and future.result().success
+    assert client.trigger("unlock_protective_stop").success
     assert wait_for(lambda: client.latest().get("protective_stop") == "False", 10, client.spin)
+    assert_moves_again(client, log)
+
+
+def assert_moves_again(client, log):
     before = len(commands(log))
     client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
     client.wait(0.5)
@@ -189,10 +198,7 @@ def test_emergency_stop_is_reported_and_only_a_release_ends_it(rig):
     log.with_suffix(".emergency_stop").touch()
     assert wait_for(lambda: client.latest().get("emergency_stop") == "True", 10, client.spin)
     assert client.status[-1].level == DiagnosticStatus.ERROR
-    unlock = client.node.create_client(Trigger, "/ur5_driver/unlock_protective_stop")
-    assert unlock.wait_for_service(timeout_sec=10)
-    future = unlock.call_async(Trigger.Request())  # the dashboard cannot unlock an emergency stop
-    assert wait_for(future.done, 10, client.spin)
+    client.trigger("unlock_protective_stop")  # the dashboard cannot unlock an emergency stop
     for _ in range(5):
         client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
         client.wait(0.2)
@@ -200,10 +206,7 @@ def test_emergency_stop_is_reported_and_only_a_release_ends_it(rig):
     assert not [e for e in commands(log) if e["command"] == "servoL" and e["emergency_stop"]]
     assert dashboard("emulator release emergency stop") == "Emergency stop released"  # the button, by hand
     assert wait_for(lambda: client.latest().get("emergency_stop") == "False", 10, client.spin)
-    before = len(commands(log))
-    client.send([[0, 0, 1, 0, 0, 0, -1]] * 4)
-    client.wait(0.5)
-    assert len([e for e in commands(log)[before:] if e["command"] == "servoL"]) > 5
+    assert_moves_again(client, log)
 
 
 def test_a_hung_driver_is_stopped_by_the_controller_and_resumes_only_when_asked(rig):
@@ -229,10 +232,8 @@ def test_a_hung_driver_is_stopped_by_the_controller_and_resumes_only_when_asked(
     # hang); once it has read that the program stopped, it sends nothing
     assert len([e for e in commands(log)[expired:] if e["command"] == "servoL"]) <= 1
     assert int(client.latest()["program_stops"]) >= 1
-    resume = client.node.create_client(Trigger, "/ur5_driver/resume_control")
-    assert resume.wait_for_service(timeout_sec=10)
-    future = resume.call_async(Trigger.Request())
-    assert wait_for(future.done, 15, client.spin) and future.result().success, future.result()
+    resumed = client.trigger("resume_control")
+    assert resumed.success, resumed.message
     assert wait_for(lambda: client.latest().get("program_running") == "True", 10, client.spin)
     z0 = client.poses[-1].pose.position.z
     for _ in range(5):
