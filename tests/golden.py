@@ -1,0 +1,48 @@
+"""The golden reference sets in ../shared/golden: checkpoint folders rebuilt from their salt, and expected arrays."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+SALTS = {"openvla": "vla-steer-golden-A-openvla", "pi0": "vla-steer-golden-A-pi0"}
+
+
+def golden_dir(family: str) -> Path:
+    folder = GOLDEN / family
+    if not (folder / "keys.json").exists():
+        pytest.skip(f"no golden set at {folder} (../shared beside the checkout)")
+    return folder
+
+
+def checkpoint(family: str) -> Path:
+    """The family's published-layout folder with its weights, made once per machine by make_weights.py.
+
+    Kept in the project cache (``$VLA_STEER_CACHE``), keyed by the set's keys.json and salt, since the
+    script writes byte-identical files; a folder is used only once the script has finished writing it.
+    """
+    source = golden_dir(family)
+    key = hashlib.sha256((source / "keys.json").read_bytes() + SALTS[family].encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("VLA_STEER_CACHE", Path.home() / ".cache" / "vla_steer"))
+    out = cache / "golden" / f"{family}-{key}"
+    done = out / ".complete"
+    if not done.exists():
+        subprocess.run([sys.executable, str(GOLDEN / "make_weights.py"), "--golden", str(source),
+                        "--salt", SALTS[family], "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+        done.write_text("written by make_weights.py\n")
+    return out
+
+
+def expected(family: str, name: str, subset: str = "expected") -> np.ndarray:
+    return np.load(golden_dir(family) / subset / f"{name}.npy")
+
+
+def max_abs(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
