@@ -1,63 +1,269 @@
-"""pi0 through transformers' native ``PI0ForConditionalGeneration`` (flow matching).
+"""pi0 from a LeRobot (>= 0.4) policy folder, native, on transformers' ``PI0ForConditionalGeneration``.
 
-The PaliGemma prefix runs once, then ``num_inference_steps`` denoising steps run the
-action expert; the policy pins one steering plan for all of them, so concepts on
-``model.vlm.language_model.layers.N`` (the prefix) and on the action expert
-``model.dit.layers.N`` steer every step. The noise comes from a seeded generator,
-so a prediction is reproducible. State is normalised and padded by the processor;
-actions are un-normalised with the processor's ``actions_mean``/``actions_std`` when
-it has them, and cut to the action space's 7 dimensions.
+The folder as LeRobot writes it: ``config.json`` (type ``pi0``), ``model.safetensors``
+with LeRobot's names (``model.paligemma_with_expert...``; openpi's own PyTorch
+conversion uses the same names without the leading ``model.``), and the processor
+pipelines with their statistics. No LeRobot, no torchvision.
+
+* **Dimensions** come from the folder: chunk size, state/action padding, denoising
+  steps and image resolution from ``config.json``; the two Gemmas' widths, depths, MLP
+  sizes and head sizes from the tensors' shapes (pi0's Gemmas have one KV head).
+* **Weights**: every published tensor is mapped onto transformers' PI0 and checked
+  (:mod:`vla_steering.policies.checkpoint`). The token embedding is tied to
+  ``paligemma.lm_head.weight`` (LeRobot does not store it); the expert's ``lm_head``
+  is published but unused, so the expert gets no embedding table at all.
+* **Inputs**: the preprocessor pipeline (newline, tokenizer, state normalisation);
+  images as LeRobot 0.4 prepares them: float [0, 1], ``resize_with_pad`` to the
+  configured resolution (bilinear, aspect kept, padded with -1 before scaling, as
+  0.4.4 does), then ``2x - 1``; cameras in the folder's feature order, absent ones
+  as masked -1 images. Cameras are matched by name (``observation.images.<name>``),
+  else in order.
+* **Flow matching**: the PaliGemma prefix runs once; ``num_inference_steps`` Euler
+  steps ``x <- x + dt v(x, t)`` from ``t = 1``, ``dt = -1/steps`` run the action
+  expert on the prefix's KV cache. The noise is drawn from a generator seeded by
+  ``seed`` for every prediction, so equal observations give equal chunks.
+* **Outputs**: the first ``action_dim`` dimensions, un-normalised by the
+  postprocessor; ``n_action_steps`` of the chunk are returned.
+
+The action expert reads each VLM layer's keys and values, which are computed before
+that layer's MLP: the last VLM layer's MLP cannot change the actions, and concepts
+on it are refused (:meth:`Pi0Policy.inert_layers`).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vla_steering.policies.base import LIBERO_EE_DELTA, Observation, Policy
+from vla_steering.policies.checkpoint import CheckpointError, empty_model, load_checked, tensor_names
+from vla_steering.policies.lerobot_processing import NEW_LINE_STEPS, Pipeline, read_pipeline, read_policy_config
+
+VLM_STACK = "model.vlm.language_model.layers"
+EXPERT_STACK = "model.dit.layers"
+IMAGE_TOKEN_ID = 257152  # PaliGemma's image placeholder: one past the vocabulary
+TOKENS_PER_IMAGE = 256
+
+
+@dataclass(frozen=True)
+class GemmaDims:
+    width: int
+    depth: int
+    mlp: int
+    heads: int
+    head_dim: int
+
+    def config(self) -> dict:
+        return {"model_type": "gemma", "hidden_size": self.width, "num_hidden_layers": self.depth,
+                "intermediate_size": self.mlp, "num_attention_heads": self.heads, "num_key_value_heads": 1,
+                "head_dim": self.head_dim, "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6}
+
+
+def _gemma_dims(shapes: Mapping[str, tuple[int, ...]], layers: str) -> GemmaDims:
+    depth = len({m[1] for name in shapes if (m := re.match(re.escape(layers) + r"\.(\d+)\.", name))})
+    first = f"{layers}.0."
+    try:
+        q, k = shapes[first + "self_attn.q_proj.weight"], shapes[first + "self_attn.k_proj.weight"]
+        mlp = shapes[first + "mlp.gate_proj.weight"][0]
+    except KeyError as missing:
+        raise CheckpointError(f"no Gemma layers under {layers}. (missing {missing}); published names start "
+                              f"with {sorted(shapes)[:3]}") from None
+    head_dim = k[0]  # one KV head
+    return GemmaDims(width=q[1], depth=depth, mlp=mlp, heads=q[0] // head_dim, head_dim=head_dim)
+
+
+def pi0_converter(root: str) -> callable:
+    """Published pi0 names (``root`` = ``"model."`` for LeRobot, ``""`` for openpi) -> transformers' PI0."""
+    pali = f"{root}paligemma_with_expert.paligemma."
+    expert = f"{root}paligemma_with_expert.gemma_expert."
+    heads = {f"{root}{n}": f"embed_action_time.{n}" for n in
+             ("state_proj", "action_in_proj", "action_time_mlp_in", "action_time_mlp_out")}
+    heads[f"{root}action_out_proj"] = "action_out_proj"
+
+    def convert(name: str, tensor: torch.Tensor) -> Mapping[str, torch.Tensor] | None:
+        if name == pali + "lm_head.weight":  # tied: the token embedding
+            return {"model.vlm.language_model.embed_tokens.weight": tensor}
+        if name == expert + "lm_head.weight":  # published, never used
+            return {}
+        for prefix, target in ((pali + "model.vision_tower.vision_model.", "model.vlm.vision_tower."),
+                               (pali + "model.multi_modal_projector.", "model.vlm.multi_modal_projector."),
+                               (pali + "model.language_model.", "model.vlm.language_model."),
+                               (expert + "model.", "model.dit.")):
+            if name.startswith(prefix):
+                rest = name[len(prefix):]
+                return None if rest == "embed_tokens.weight" and target == "model.dit." else {target + rest: tensor}
+        module, _, kind = name.rpartition(".")
+        return {f"{heads[module]}.{kind}": tensor} if module in heads else None
+
+    return convert
+
+
+def resize_with_pad(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, 3, H, W) float in [0, 1] -> (B, 3, height, width), LeRobot 0.4.4's ``resize_with_pad_torch``."""
+    cur_height, cur_width = images.shape[-2:]
+    if (cur_height, cur_width) == (height, width):
+        return images
+    ratio = max(cur_width / width, cur_height / height)
+    new_height, new_width = int(cur_height / ratio), int(cur_width / ratio)
+    resized = F.interpolate(images, size=(new_height, new_width), mode="bilinear", align_corners=False)
+    resized = resized.clamp(-1.0, 1.0)
+    pad_top, extra_h = divmod(height - new_height, 2)
+    pad_left, extra_w = divmod(width - new_width, 2)
+    return F.pad(resized, (pad_left, pad_left + extra_w, pad_top, pad_top + extra_h), value=-1.0)
 
 
 class Pi0Policy(Policy):
+    """Args:
+        model: transformers' PI0 with the folder's weights.
+        config: the folder's LeRobot ``config.json``.
+        preprocessor, postprocessor: the folder's pipelines.
+        seed: seeds the flow-matching noise of every prediction.
+    """
+
     action_space = LIBERO_EE_DELTA
 
-    def __init__(self, model: nn.Module, processor, num_steps: int | None = None, seed: int = 0,
-                 execute_steps: int | None = None):
+    def __init__(self, model: nn.Module, config: Mapping, preprocessor: Pipeline, postprocessor: Pipeline,
+                 seed: int = 0):
         self.model = model.eval()
-        self.processor = processor
-        self.num_steps = num_steps
-        self.seed = seed
-        self.execute_steps = execute_steps  # None = the whole chunk
+        self.config = config
+        self.preprocessor = preprocessor
+        self.postprocessor = postprocessor
+        self.seed = int(seed)
+        features = config.get("input_features", {})
+        self.image_keys = [k for k, f in features.items() if f.get("type") == "VISUAL"]
+        self.image_keys += [f"observation.images.empty_camera_{i}" for i in range(int(config.get("empty_cameras", 0)))]
+        self.state_key = next((k for k, f in features.items() if f.get("type") == "STATE"), None)
+        self.action_dim = int(config["output_features"]["action"]["shape"][0])
+        if self.action_dim != self.action_space.dim:
+            raise ValueError(f"the policy outputs {self.action_dim}-D actions; this backend drives "
+                             f"{self.action_space.name} ({self.action_space.dim}-D)")
+        self.resolution = tuple(config.get("image_resolution", (224, 224)))
 
     @classmethod
-    def from_pretrained(cls, checkpoint: str | Path, device: str = "cpu", **kwargs) -> Pi0Policy:
-        from transformers import AutoProcessor, PI0ForConditionalGeneration
+    def from_pretrained(cls, checkpoint: str | Path, device: str = "cpu", seed: int = 0,
+                        tokenizer: str | Path | None = None) -> Pi0Policy:
+        from transformers import PI0Config, PI0ForConditionalGeneration
 
         path = Path(checkpoint).expanduser()
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"pi0 checkpoint {path} not found (a local directory with config.json)")
-        model = PI0ForConditionalGeneration.from_pretrained(path, local_files_only=True).to(device)
-        return cls(model, AutoProcessor.from_pretrained(path, local_files_only=True), **kwargs)
+        config = read_policy_config(path, "pi0")
+        shapes = tensor_names(path)
+        root = "model." if any(n.startswith("model.paligemma_with_expert.") for n in shapes) else ""
+        vlm = _gemma_dims(shapes, f"{root}paligemma_with_expert.paligemma.model.language_model.layers")
+        expert = _gemma_dims(shapes, f"{root}paligemma_with_expert.gemma_expert.model.layers")
+        vocab = shapes[f"{root}paligemma_with_expert.paligemma.lm_head.weight"][0]
+        resolution = int(config.get("image_resolution", [224])[0])
+        pi0_config = PI0Config(
+            vlm_config={"model_type": "paligemma", "text_config": {**vlm.config(), "vocab_size": vocab},
+                        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152,
+                                          "intermediate_size": 4304, "num_hidden_layers": 27,
+                                          "num_attention_heads": 16, "patch_size": 14, "image_size": resolution,
+                                          "vision_use_head": False},
+                        "projection_dim": vlm.width, "image_token_id": IMAGE_TOKEN_ID},
+            dit_config=expert.config(), chunk_size=int(config["chunk_size"]),
+            max_state_dim=int(config["max_state_dim"]), max_action_dim=int(config["max_action_dim"]),
+            num_inference_steps=int(config["num_inference_steps"]),
+            min_period=float(config.get("min_period", 4e-3)), max_period=float(config.get("max_period", 4.0)),
+        )
+        pi0_config.vlm_config._attn_implementation = "sdpa"
+        with empty_model(torch.float32):
+            model = PI0ForConditionalGeneration(pi0_config)
+        model.model.dit.embed_tokens = None  # the expert reads embeddings, never tokens
+        load_checked(model, path, pi0_converter(root))
+        pre = read_pipeline(path, "policy_preprocessor.json", tokenizer, NEW_LINE_STEPS)
+        post = read_pipeline(path, "policy_postprocessor.json")
+        return cls(model.to(device), config, pre, post, seed)
 
-    @torch.inference_mode()
-    def predict(self, observation: Observation) -> np.ndarray:
-        from PIL import Image
+    def inert_layers(self) -> dict[tuple[str, int], str]:
+        last = len(self.model.model.vlm.language_model.layers) - 1
+        return {(VLM_STACK, last): "the action expert reads only each VLM layer's keys and values, computed "
+                                   "before that layer's MLP, so the last VLM layer's MLP cannot change the actions"}
 
-        images = [Image.fromarray(image) for image in observation.images.values()]
-        inputs = self.processor(images=[images], text=observation.instruction, state=observation.state[None],
-                                return_tensors="pt")
+    # ----------------------------------------------------------- the stages
+    def _camera_images(self, observation: Observation) -> dict[str, torch.Tensor]:
+        images = {}
+        names = list(observation.images)
+        unmatched = [k for k in self.image_keys if k.removeprefix("observation.images.") not in names]
+        by_order = iter(n for n in names if f"observation.images.{n}" not in self.image_keys)
+        for key in self.image_keys:
+            name = key.removeprefix("observation.images.")
+            source = name if name in observation.images else (next(by_order, None) if key in unmatched else None)
+            if source is not None and not key.startswith("observation.images.empty_camera_"):
+                array = observation.images[source]
+                images[key] = torch.from_numpy(np.array(array, np.float32)).permute(2, 0, 1) / 255.0
+        return images
+
+    def model_inputs(self, observation: Observation) -> dict[str, torch.Tensor]:
+        """Everything the model receives: the pipeline's outputs and the prepared images."""
+        batch: dict = dict(self._camera_images(observation))
+        batch["task"] = observation.instruction
+        if self.state_key is not None:
+            batch[self.state_key] = torch.as_tensor(np.asarray(observation.state, np.float32))
+        batch = self.preprocessor(batch)
+        height, width = self.resolution
+        present = [k for k in self.image_keys if k in batch]
+        if not present:
+            raise ValueError(f"none of the policy's cameras {self.image_keys} is in the observation")
+        images, masks = [], []
+        for key in self.image_keys:
+            if key in batch:
+                images.append(resize_with_pad(batch[key].float(), height, width) * 2.0 - 1.0)
+                masks.append(True)
+            else:
+                images.append(torch.full_like(images[0] if images else torch.zeros(1, 3, height, width), -1.0))
+                masks.append(False)
+        state = batch.get(self.state_key, torch.zeros(1, 0)).float()
+        state_padded = F.pad(state, (0, self.model.config.max_state_dim - state.shape[-1]))
+        return {"images": torch.stack(images, dim=1), "image_masks": torch.tensor([masks]),
+                "lang_tokens": batch["observation.language.tokens"],
+                "lang_attention_mask": batch["observation.language.attention_mask"],
+                "state_normalized": state, "state_padded": state_padded}
+
+    def initial_noise(self) -> torch.Tensor:
         config = self.model.config
         generator = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn(1, config.chunk_size, config.max_action_dim, generator=generator)
-        actions = self.model.sample_actions(
-            state=inputs["state"], input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
-            attention_mask=inputs["attention_mask"], pixel_attention_mask=inputs["pixel_attention_mask"],
-            noise=noise.to(inputs["pixel_values"].dtype), num_steps=self.num_steps,
-        )[0, :, : self.action_space.dim]  # (chunk, 7)
-        mean, std = getattr(self.processor, "actions_mean", None), getattr(self.processor, "actions_std", None)
-        if mean is not None and std is not None:
-            dim = self.action_space.dim
-            actions = actions * torch.as_tensor(std[:dim]) + torch.as_tensor(mean[:dim])
-        return actions[: self.execute_steps].float().numpy()
+        return torch.randn(1, config.chunk_size, config.max_action_dim, generator=generator)
+
+    @torch.inference_mode()
+    def denoise(self, inputs: Mapping[str, torch.Tensor], noise: torch.Tensor,
+                num_steps: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Flow matching from ``noise``: (final x (1, chunk, max_action_dim), the velocity of every step)."""
+        model, device = self.model, next(self.model.parameters()).device
+        num_steps = num_steps or model.config.num_inference_steps
+        cameras = inputs["image_masks"].shape[1]
+        image_ids = torch.full((1, cameras * TOKENS_PER_IMAGE), IMAGE_TOKEN_ID, dtype=torch.long)
+        image_mask = inputs["image_masks"].repeat_interleave(TOKENS_PER_IMAGE, dim=1)
+        input_ids = torch.cat([image_ids, inputs["lang_tokens"]], dim=1).to(device)
+        attention_mask = torch.cat([image_mask, inputs["lang_attention_mask"].bool()], dim=1).long().to(device)
+        pixel_mask = inputs["image_masks"].to(device)
+        embeds = model.model.embed_prefix(input_ids, inputs["images"].to(device), pixel_mask)
+        cache = model.model.vlm(inputs_embeds=embeds, attention_mask=attention_mask,
+                                position_ids=attention_mask.cumsum(-1) - 1,
+                                token_type_ids=torch.zeros_like(embeds[:, :, 0]), use_cache=True).past_key_values
+        prefix_length = cache.get_seq_length()
+        x, dt, velocities = noise.to(device), -1.0 / num_steps, []
+        state = inputs["state_padded"].to(device)
+        for step in range(num_steps):
+            time = torch.full((1,), 1.0 + step * dt, dtype=torch.float32, device=device)
+            velocity = model(state=state, noise=x, timestep=time, pixel_attention_mask=pixel_mask,
+                             attention_mask=attention_mask, past_key_values=cache).logits
+            cache.crop(prefix_length - cache.get_seq_length())  # drop this step's own keys and values
+            velocities.append(velocity)
+            x = x + dt * velocity
+        return x, velocities
+
+    def unnormalize(self, normalized: torch.Tensor) -> torch.Tensor:
+        """(1, chunk, action_dim) model actions -> dataset units, by the postprocessor."""
+        return self.postprocessor({"action": normalized})["action"]
+
+    def predict(self, observation: Observation) -> np.ndarray:
+        final, _ = self.denoise(self.model_inputs(observation), self.initial_noise())
+        actions = self.unnormalize(final[:, :, : self.action_dim].float())[0]
+        steps = int(self.config.get("n_action_steps", len(actions)))
+        return actions[:steps].cpu().numpy()
