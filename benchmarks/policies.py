@@ -1,27 +1,26 @@
 """Benchmark the policy layer; prints the figures for BENCHMARKS.md.
 
-* steering overhead: steered / unsteered time per step, demo VLA and tiny pi0, same run;
+* steering overhead: steered / unsteered time per step on the demo VLA (the real backends:
+  benchmarks/backends.py);
 * causal check on the demo VLA: change in predicted vertical motion (dz) when clamping the
   'up' concept vs its size-matched random control, over 60 observations, mean and 95% CI;
 * demo VLA time per step and peak memory.
 
-Run: PYTHONPATH=vla_steering_node:tests .venv/bin/python benchmarks/policies.py
+Run: PYTHONPATH=vla_steering_node .venv/bin/python benchmarks/policies.py
 """
 
 from __future__ import annotations
 
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from vla_steering.dictionaries import Concept, InterventionDictionary, load_dictionary
+from vla_steering.dictionaries import load_dictionary
 from vla_steering.policies import Observation, SteeredPolicy, make_policy
 from vla_steering.policies.demo_vla import render_scene
-from vla_steering.policies.pi0 import Pi0Policy
 from vla_steering.steering import SteeringEngine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,17 +91,6 @@ def main() -> None:
     up, control = dz({"up": 2.0}) - base, dz({"up_random": 2.0}) - base
     print(f"causal check over {len(observations)} observations, clamp at 2.0: change in dz "
           f"'up' {mean_ci(up)}, size-matched random control {mean_ci(control)} (mean ± 95% CI)")
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from vla_fixtures import tiny_pi0
-
-    model, processor = tiny_pi0()
-    pi0 = Pi0Policy(model, processor)
-    pi0_engine = SteeringEngine(model, InterventionDictionary({
-        "c": Concept("c", ((0, 1), (1, 2)), stack="model.dit.layers")}))
-    pi0_obs = Observation({"a": np.zeros((32, 32, 3), np.uint8)}, np.zeros(8, np.float32), "pick up the bowl")
-    overhead("tiny pi0 (2 neurons on the action expert, 3 denoising steps)", SteeredPolicy(pi0, pi0_engine),
-             pi0_engine, "c", pi0_obs)
 
 
 if __name__ == "__main__":

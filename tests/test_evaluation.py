@@ -84,18 +84,17 @@ def test_config_needs_a_baseline(tmp_path):
 
 def test_counterfactual_replay_reproduces_then_changes_the_recorded_actions(evaluation):
     from vla_steering.dictionaries import load_dictionary
-    from vla_steering.policies import make_policy
-    from vla_steering.steering import SteeringEngine
+    from vla_steering.policies import make_policy, steer
     from vla_steering_node.counterfactual import counterfactual
 
     _, out, _ = evaluation
     bag = out / "bags" / "libero_spatial_t0_i0_baseline"
-    policy = make_policy("demo")
-    engine = SteeringEngine(policy.model, load_dictionary(ROOT / "config" / "demo_vla_dictionary.yaml", 1536))
-    same = counterfactual(bag, policy, engine, ["agentview", "wrist"])
+    policy = steer(make_policy("demo"), load_dictionary(ROOT / "config" / "demo_vla_dictionary.yaml", 1536))
+    engine = policy.engine
+    same = counterfactual(bag, policy, ["agentview", "wrist"])
     assert len(same) >= 16  # most of the 24 recorded steps had their observation recorded too
     for row in same:  # unsteered again: the recorded actions, from the recorded observations
         assert abs(row["counterfactual_dz"] - row["recorded_dz"]) < 1e-5
     engine.set_strength("up", 2.0)
-    steered = counterfactual(bag, policy, engine, ["agentview", "wrist"])
+    steered = counterfactual(bag, policy, ["agentview", "wrist"])
     assert np.mean([r["counterfactual_dz"] - r["recorded_dz"] for r in steered]) > 0.5

@@ -1,4 +1,4 @@
-"""Policies: the contract, OpenVLA- and pi0-shaped backends, LIBERO adapters, the demo VLA."""
+"""Policies: the contract, the factory, OpenVLA's action tokens, LIBERO adapters, the demo VLA."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from vla_fixtures import tiny_openvla, tiny_pi0
 
-from vla_steering.dictionaries import Concept, InterventionDictionary, load_dictionary
+from vla_steering.dictionaries import load_dictionary
 from vla_steering.policies import (
     LIBERO_EE_DELTA,
     Observation,
@@ -22,8 +21,7 @@ from vla_steering.policies import (
     make_policy,
 )
 from vla_steering.policies.libero import flip_upright, libero_state, quat_to_axis_angle, resize_image
-from vla_steering.policies.openvla import ActionTokenizer, OpenVLAPolicy, libero_gripper, unnormalize
-from vla_steering.policies.pi0 import Pi0Policy
+from vla_steering.policies.openvla import ActionTokenizer, libero_gripper, unnormalize
 from vla_steering.steering import SteeringEngine
 
 DEMO_DICTIONARY = Path(__file__).resolve().parents[1] / "config" / "demo_vla_dictionary.yaml"
@@ -36,12 +34,6 @@ def observation(instruction="pick up the bowl", size=64, state=None, seed=0):
     images = {"agentview": rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
               "wrist": rng.integers(0, 255, (size, size, 3), dtype=np.uint8)}
     return Observation(images, np.zeros(8, np.float32) if state is None else state, instruction)
-
-
-def record_calls(layer_module):
-    seen = []
-    handle = layer_module.mlp.down_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
-    return seen, handle
 
 
 # ---------------------------------------------------------------- the contract
@@ -102,6 +94,10 @@ def test_factory_errors():
         make_policy("pi0", "/no/such/checkpoint")
     with pytest.raises(FileNotFoundError, match="not found"):
         make_policy("openvla", "/no/such/checkpoint")
+    with pytest.raises(ValueError, match="takes no option seed"):
+        make_policy("demo", seed=1)
+    with pytest.raises(ValueError, match=r"'openvla' takes no option tokenizer; its options: \['center_crop_scale'"):
+        make_policy("openvla", "/some/checkpoint", tokenizer="x")
     if importlib.util.find_spec("lerobot") is None:
         with pytest.raises(ImportError, match="LeRobot"):
             make_policy("smolvla", "/some/checkpoint")
@@ -134,56 +130,6 @@ def test_openvla_action_tokens_round_trip_and_unnormalise():
     np.testing.assert_allclose(out, [-0.5, 0, 0.5, 0, 0, 0, 0.3])
     np.testing.assert_array_equal(libero_gripper(np.array([[0, 0, 0, 0, 0, 0, 0.9]]))[0, -1], -1.0)  # open
     np.testing.assert_array_equal(libero_gripper(np.array([[0, 0, 0, 0, 0, 0, 0.1]]))[0, -1], 1.0)  # close
-
-
-def openvla_policy():
-    model, processor = tiny_openvla()
-    return OpenVLAPolicy(model, processor, STATS, action_vocab_size=len(processor.tokenizer) - 1,
-                         prompt="<image>In: What action should the robot take to {instruction}?\nOut:",
-                         empty_token_id=None)
-
-
-def test_openvla_backend_steers_prefill_and_every_decode_step():
-    policy = openvla_policy()
-    baseline = SteeredPolicy(policy).act(observation()).actions
-    assert baseline.shape == (1, 7) and np.all(np.abs(baseline) <= 1.0)
-    layers = policy.model.model.language_model.layers
-    engine = SteeringEngine(policy.model, InterventionDictionary({"c": Concept("c", ((1, 5),))}))
-    steered_policy = SteeredPolicy(policy, engine)
-    seen, handle = record_calls(layers[1])
-    assert np.array_equal(steered_policy.act(observation()).actions, baseline)  # strength 0: identical
-    engine.set_strength("c", 6.0)
-    chunk = steered_policy.act(observation())
-    handle.remove()
-    assert len(seen) == 2 * 7  # 7 forward calls (prefill + 6 decode steps) per prediction
-    assert all(torch.all(x[..., 5] == 6.0) for x in seen[7:])
-    assert chunk.steering.strengths == {"c": 6.0}
-
-
-# ---------------------------------------------------------------- pi0
-def test_pi0_backend_steers_the_prefix_and_every_denoising_step():
-    model, processor = tiny_pi0()
-    policy = Pi0Policy(model, processor, seed=3)
-    first = SteeredPolicy(policy).act(observation(size=32)).actions
-    assert first.shape == (5, 7)
-    np.testing.assert_array_equal(first, SteeredPolicy(policy).act(observation(size=32)).actions)  # seeded noise
-    dictionary = InterventionDictionary({
-        "vlm": Concept("vlm", ((0, 3),), stack="model.vlm.language_model.layers"),
-        "expert": Concept("expert", ((1, 7),), stack="model.dit.layers"),
-    })
-    engine = SteeringEngine(model, dictionary)
-    steered = SteeredPolicy(policy, engine)
-    np.testing.assert_array_equal(steered.act(observation(size=32)).actions, first)
-    vlm_seen, h1 = record_calls(model.model.vlm.language_model.layers[0])
-    dit_seen, h2 = record_calls(model.model.dit.layers[1])
-    engine.set_strengths({"vlm": 3.0, "expert": -2.0})
-    actions = steered.act(observation(size=32)).actions
-    h1.remove()
-    h2.remove()
-    assert len(vlm_seen) == 1 and torch.all(vlm_seen[0][..., 3] == 3.0)  # the prefix runs once
-    assert len(dit_seen) == model.config.num_inference_steps == 3
-    assert all(torch.all(x[..., 7] == -2.0) for x in dit_seen)
-    assert not np.array_equal(actions, first)
 
 
 # ---------------------------------------------------------------- demo VLA

@@ -171,8 +171,7 @@ def cmd_act(args: argparse.Namespace) -> int:
 
     from vla_steering.anatomy import primary_stack
     from vla_steering.dictionaries import load_dictionary
-    from vla_steering.policies import Observation, SteeredPolicy, make_policy
-    from vla_steering.steering import SteeringEngine
+    from vla_steering.policies import POLICY_OPTIONS, Observation, SteeredPolicy, make_policy, steer
 
     if args.image:
         from PIL import Image
@@ -184,16 +183,22 @@ def cmd_act(args: argparse.Namespace) -> int:
         image = render_scene(args.scene, "red", np.random.default_rng(args.seed))
     state = np.asarray(args.state, np.float32) if args.state else np.zeros(8, np.float32)
     observation = Observation({"camera": image}, state, args.instruction)
-    policy = make_policy(args.policy, args.checkpoint, args.device)
+    given = {"unnorm_key": args.unnorm_key, "center_crop_scale": args.center_crop_scale, "dtype": args.dtype,
+             "seed": args.noise_seed, "tokenizer": args.tokenizer}
+    options = {k: v for k, v in given.items() if v is not None and k in POLICY_OPTIONS.get(args.policy, {})}
+    ignored = sorted(k for k, v in given.items() if v is not None and k not in options)
+    if ignored:
+        raise ValueError(f"policy {args.policy!r} takes no {', '.join(ignored)}")
+    policy = make_policy(args.policy, args.checkpoint, args.device, **options)
     np.set_printoptions(precision=3, suppress=True)
     print(f"action space {policy.action_space.name}: {list(policy.action_space.dims)}")
     print("unsteered:\n", SteeredPolicy(policy).act(observation).actions)
     if args.dictionary:
         dictionary = load_dictionary(args.dictionary, primary_stack(policy.model).intermediate_size)
-        engine = SteeringEngine(policy.model, dictionary)
-        engine.set_strengths({name: 0.0 for name in engine.concepts} | {args.concept: args.strength})
+        steered = steer(policy, dictionary)
+        steered.engine.set_strengths({name: 0.0 for name in steered.engine.concepts} | {args.concept: args.strength})
         print(f"steered ({args.concept} at {args.strength}, {dictionary[args.concept].mode}):\n",
-              SteeredPolicy(policy, engine).act(observation).actions)
+              steered.act(observation).actions)
     return 0
 
 
@@ -286,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dictionary", help="intervention dictionary; with --concept and --strength")
     p.add_argument("--concept", default="up")
     p.add_argument("--strength", type=float, default=2.0)
+    p.add_argument("--unnorm-key", help="openvla: the dataset whose action statistics un-normalise")
+    p.add_argument("--center-crop-scale", type=float, help="openvla: area kept by the evaluation center crop")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), help="openvla: weights' dtype (default bfloat16)")
+    p.add_argument("--noise-seed", type=int, help="pi0: seed of the flow-matching noise")
+    p.add_argument("--tokenizer", help="pi0: local folder of the PaliGemma tokenizer")
     p.set_defaults(func=cmd_act)
     return parser
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from vla_steering.anatomy import DecoderStack, find_decoder_stacks, primary_stack
-from vla_steering.dictionaries import MODES, Concept, InterventionDictionary
+from vla_steering.dictionaries import MODES, Concept, DictionaryError, InterventionDictionary
 
 ENGINE_MODES = ("dictionary",) + MODES  # "dictionary": each concept's own mode
 
@@ -72,9 +72,12 @@ class SteeringEngine:
         model: the module whose forward is one inference call (a causal LM, a VLA).
         dictionary: the concepts; validated against the model here.
         max_abs_strength: strengths outside [-max, max] are refused.
+        inert_layers: (stack name, layer) -> why that layer's neurons cannot change the output;
+            a concept touching one is refused (a policy's :meth:`~vla_steering.policies.Policy.inert_layers`).
     """
 
-    def __init__(self, model: nn.Module, dictionary: InterventionDictionary, max_abs_strength: float = 100.0):
+    def __init__(self, model: nn.Module, dictionary: InterventionDictionary, max_abs_strength: float = 100.0,
+                 inert_layers: Mapping[tuple[str, int], str] | None = None):
         self.model = model
         self.dictionary = dictionary
         self.max_abs_strength = float(max_abs_strength)
@@ -82,6 +85,7 @@ class SteeringEngine:
         self._stacks: dict[str | None, DecoderStack] = {s.name: s for s in find_decoder_stacks(model)}
         self._stacks[None] = primary
         check_fits(model, dictionary)
+        self._refuse_inert(inert_layers or {})
         self._lock = threading.Lock()
         self._local = threading.local()
         self._strengths = {name: 0.0 for name in dictionary.concepts}
@@ -172,6 +176,14 @@ class SteeringEngine:
             raise ValueError(
                 f"strength {strength} for {concept!r} is outside [-{self.max_abs_strength}, {self.max_abs_strength}]"
             )
+
+    def _refuse_inert(self, inert_layers: Mapping[tuple[str, int], str]) -> None:
+        for concept in self.dictionary.concepts.values():
+            stack = self._stacks[concept.stack].name
+            for layer in concept.layers:
+                if (stack, layer) in inert_layers:
+                    raise DictionaryError(f"concept {concept.name!r} uses layer {layer} of {stack}, which cannot "
+                                          f"act: {inert_layers[(stack, layer)]}")
 
     def _touched_layers(self) -> list[tuple[str | None, int]]:
         touched = {(c.stack, layer) for c in self.dictionary.concepts.values() for layer in c.layers}

@@ -20,8 +20,7 @@ import numpy as np
 from vla_steering.anatomy import primary_stack
 from vla_steering.bags import BagError, read_bag
 from vla_steering.dictionaries import load_dictionary
-from vla_steering.policies import Observation, Policy, SteeredPolicy, make_policy
-from vla_steering.steering import SteeringEngine
+from vla_steering.policies import Observation, SteeredPolicy, make_policy, steer
 from vla_steering_node.conversions import image_to_rgb, joint_positions, pose_state
 
 
@@ -55,12 +54,10 @@ def recorded_steps(bag: str | Path, cameras: list[str], state_source: str, gripp
         yield stamp, Observation(frames, earlier[-1], text), actions
 
 
-def counterfactual(bag: str | Path, policy: Policy, engine: SteeringEngine | None, cameras: list[str],
-                   state_source: str = "libero",
+def counterfactual(bag: str | Path, steered: SteeredPolicy, cameras: list[str], state_source: str = "libero",
                    gripper_joints: tuple[str, ...] = ("gripper_finger_left", "gripper_finger_right")) -> list[dict]:
     """One row per recorded action step: recorded and counterfactual action side by side."""
-    steered = SteeredPolicy(policy, engine)
-    dims = policy.action_space.dims
+    dims = steered.policy.action_space.dims
     rows = []
     for stamp, observation, recorded in recorded_steps(bag, cameras, state_source, list(gripper_joints)):
         new = steered.act(observation).actions
@@ -91,13 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         policy = make_policy(args.policy, args.checkpoint)
         dictionary = load_dictionary(args.dictionary or default_dictionary(),
                                      primary_stack(policy.model).intermediate_size)
-        engine = SteeringEngine(policy.model, dictionary)
-        strengths = {name: 0.0 for name in engine.concepts}
+        steered = steer(policy, dictionary)
+        strengths = {name: 0.0 for name in steered.engine.concepts}
         for item in args.strength:
             name, _, value = item.partition("=")
             strengths[name] = float(value)
-        engine.set_strengths(strengths)
-        rows = counterfactual(args.bag, policy, engine, args.cameras, args.state_source)
+        steered.engine.set_strengths(strengths)
+        rows = counterfactual(args.bag, steered, args.cameras, args.state_source)
     except (BagError, KeyError, ValueError, FileNotFoundError) as error:
         print(f"counterfactual replay failed: {error}", file=sys.stderr)
         return 1

@@ -32,8 +32,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from vla_steering.anatomy import primary_stack
 from vla_steering.dictionaries import DictionaryError, load_dictionary
-from vla_steering.policies import ObservationError, PolicyOutputError, SteeredPolicy, make_policy
-from vla_steering.steering import SteeringEngine
+from vla_steering.policies import POLICY_OPTIONS, ObservationError, PolicyOutputError, make_policy, steer
 from vla_steering_node import process, steering_parameters
 from vla_steering_node.conversions import (
     InputError,
@@ -46,6 +45,8 @@ from vla_steering_node.conversions import (
 )
 from vla_steering_node.observation_buffer import NotReady, ObservationBuffer
 
+# the backends' loader options as read-only parameters ("" = the backend's default)
+POLICY_OPTION_DEFAULTS = {"unnorm_key": "", "center_crop_scale": 1.0, "dtype": "bfloat16", "seed": 0, "tokenizer": ""}
 INSTRUCTION_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -131,15 +132,19 @@ class VlaSteeringNode(Node):
         self.declare_parameter("execute_steps", 0, ParameterDescriptor(
             description="publish only the first n steps of each chunk (replan after them); 0 = whole chunk"))
         self.declare_parameter("stale_after_s", 1.0, read_only("images / state older than this are refused"))
+        for option, default in POLICY_OPTION_DEFAULTS.items():
+            takers = [f"{name}: {options[option]}" for name, options in POLICY_OPTIONS.items() if option in options]
+            self.declare_parameter(option, default, read_only("; ".join(takers)))
 
         self.policy_name = self.get_parameter("policy").value
         self.cameras = list(self.get_parameter("cameras").value)
+        options = {option: self.get_parameter(option).value for option in POLICY_OPTIONS.get(self.policy_name, {})}
         policy = make_policy(self.policy_name, self.get_parameter("checkpoint").value,
-                             self.get_parameter("device").value)
+                             self.get_parameter("device").value, **{k: v for k, v in options.items() if v != ""})
         path = self.get_parameter("steering.dictionary").value
         dictionary = load_dictionary(path, primary_stack(policy.model).intermediate_size)
-        self.engine = SteeringEngine(policy.model, dictionary, self.get_parameter("max_abs_strength").value)
-        self.policy = SteeredPolicy(policy, self.engine)
+        self.policy = steer(policy, dictionary, self.get_parameter("max_abs_strength").value)
+        self.engine = self.policy.engine
         for name, default, descriptor in steering_parameters.declarations(self.engine):
             self.declare_parameter(name, default, descriptor)
         # apply what parameter files / launch arguments set for the steering parameters

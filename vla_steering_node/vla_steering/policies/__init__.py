@@ -18,6 +18,7 @@ from vla_steering.policies.base import (
     Policy,
     PolicyOutputError,
     SteeredPolicy,
+    steer,
 )
 
 POLICIES = {
@@ -28,22 +29,37 @@ POLICIES = {
     "smolvla": "vla_steering.policies.lerobot:LeRobotPolicy",
 }
 NEEDS_CHECKPOINT = ("openvla", "pi0", "pi05", "smolvla")
+# what each backend's loader takes beyond the checkpoint and device, and each option's meaning
+POLICY_OPTIONS: dict[str, dict[str, str]] = {
+    "openvla": {"unnorm_key": "which dataset's action statistics (needed when the folder has several)",
+                "center_crop_scale": "area kept by the evaluation center crop (1 = none; 0.9 for LIBERO fine-tunes)",
+                "dtype": "bfloat16 (as published) or float32"},
+    "pi0": {"seed": "seed of the flow-matching noise (every prediction)",
+            "tokenizer": "local folder of the PaliGemma tokenizer (default: the local Hugging Face cache)"},
+}
 
 
-def make_policy(name: str, checkpoint: str = "", device: str = "cpu") -> Policy:
-    """A policy by name: ``demo`` (built in) or a backend loading ``checkpoint`` (a local directory)."""
+def make_policy(name: str, checkpoint: str = "", device: str = "cpu", **options) -> Policy:
+    """A policy by name: ``demo`` (built in) or a backend loading ``checkpoint`` (a local directory).
+
+    ``options`` are the backend's own (:data:`POLICY_OPTIONS`); one it does not take is an error.
+    """
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
     if name in NEEDS_CHECKPOINT and not checkpoint:
         raise ValueError(f"policy {name!r} needs a checkpoint directory")
+    unknown = sorted(set(options) - set(POLICY_OPTIONS.get(name, {})))
+    if unknown:
+        raise ValueError(f"policy {name!r} takes no option {', '.join(unknown)}; its options: "
+                         f"{sorted(POLICY_OPTIONS.get(name, {})) or 'none'}")
     module_name, class_name = POLICIES[name].split(":")
     policy_class = getattr(importlib.import_module(module_name), class_name)
     if name == "demo":
         return policy_class()
     if name in ("pi05", "smolvla"):
         return policy_class(name, checkpoint, device=device)
-    return policy_class.from_pretrained(checkpoint, device=device)
+    return policy_class.from_pretrained(checkpoint, device=device, **options)
 
 
 __all__ = ["LIBERO_EE_DELTA", "ActionChunk", "ActionSpace", "Observation", "ObservationError", "Policy",
-           "PolicyOutputError", "POLICIES", "SteeredPolicy", "make_policy"]
+           "PolicyOutputError", "POLICIES", "POLICY_OPTIONS", "SteeredPolicy", "make_policy", "steer"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
+from vla_steering.dictionaries import InterventionDictionary
 from vla_steering.steering import SteeringEngine, SteeringState
 
 
@@ -105,6 +106,16 @@ class Policy(ABC):
     @abstractmethod
     def predict(self, observation: Observation) -> np.ndarray:
         """(T, action_space.dim) float actions for a validated observation."""
+
+    def inert_layers(self) -> dict[tuple[str, int], str]:
+        """(decoder stack, layer) -> why steering that layer's neurons cannot change the actions."""
+        return {}
+
+
+def steer(policy: Policy, dictionary: InterventionDictionary, max_abs_strength: float = 100.0) -> SteeredPolicy:
+    """The one way to steer a policy: an engine on its model that refuses concepts which cannot act."""
+    engine = SteeringEngine(policy.model, dictionary, max_abs_strength, inert_layers=policy.inert_layers())
+    return SteeredPolicy(policy, engine)
 
 
 class SteeredPolicy:
