@@ -1,24 +1,43 @@
 """Safety limits for commands to a UR arm, enforced in the driver whatever the policy sends.
 
-A policy action (LIBERO-style end-effector delta, in [-1, 1] units) becomes a TCP target; the
-filter then refuses non-finite values and clamps, in order: the per-step translation / rotation
-caps, the TCP linear / angular speed, the TCP linear / angular acceleration, the workspace box,
-and the joint-limit margins (through IK). Every clamp is reported; nothing beyond the limits is
-returned.
+A policy action (LIBERO-style end-effector delta, in [-1, 1] units) becomes a TCP target; every
+servo tick :class:`SafetyFilter` turns "where the plan wants the TCP" into the next commanded
+pose. It keeps the velocity it commanded last, and picks the next velocity within:
+
+* the per-step translation / rotation caps and the TCP linear / angular speed;
+* the TCP linear / angular **acceleration** against the last commanded velocity, so the
+  commanded stream is continuous in position and velocity;
+* the **workspace box**, met by braking: the speed towards each wall is limited so that the arm
+  can stop before it (at a third of the acceleration per axis, so that braking at a corner is
+  still within the limit); an arm already outside may only move back in;
+* **reach, joint margins and singularities**, met by braking too: the filter tracks the joints
+  of its commanded stream (one Newton step of IK per pose, so a tick's time is bounded: no
+  iterative search), and both the candidate pose and the point where the arm would come to rest
+  from it must keep every joint ``joint_margin`` from its limits and the Jacobian's smallest
+  singular value above ``min_singular_value`` (the edge of the reach is the elbow singularity),
+  or at least not make either worse. If not, the arm brakes as hard as the limits allow, and the
+  reason is reported.
+
+A stream starts from rest: after any halt, stop, refusal of the whole stream or reconnect the
+caller calls :meth:`SafetyFilter.reset` and measures the next command from the arm's actual
+pose. Every limit that shapes a command is reported; nothing beyond the limits is returned.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
-from ur5_driver.kinematics import JOINT_LIMITS, IKError, ik
+from ur5_driver.kinematics import JOINT_LIMITS, _jacobian, frames, rotation_matrix, rotation_vector
+
+AXIS_SHARE = 1.0 / math.sqrt(3.0)  # per-axis share of the acceleration for braking at walls
+MAX_STOPPING_JOINT_TRAVEL = 0.5  # rad: a stop needing more joint motion than this is at a singularity
 
 
 class UnsafeCommand(ValueError):
-    """A command that must not reach the robot at all (NaN, no IK solution near the arm)."""
+    """A command that must not reach the robot at all (NaN, infinite, bad period)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +53,7 @@ class SafetyLimits:
     max_step_translation: float = 0.01  # m per policy step
     max_step_rotation: float = 0.05  # rad per policy step
     joint_margin: float = 0.10  # rad kept from each joint limit
+    min_singular_value: float = 0.02  # of the 6x6 Jacobian; below it the arm is near a singularity
 
     def __post_init__(self) -> None:
         if any(lo >= hi for lo, hi in zip(self.workspace_min, self.workspace_max)):
@@ -54,70 +74,177 @@ def delta_to_target(tcp: np.ndarray, action: np.ndarray, translation_scale: floa
     action = np.asarray(action, np.float64)
     if action.shape[0] < 6 or not np.all(np.isfinite(action[:6])):
         raise UnsafeCommand(f"action {action.tolist()} is not a finite 6-D delta")
-    rotation = Rotation.from_rotvec(tcp[3:])
+    rotation = rotation_matrix(tcp[3:])
     translation = action[:3] * translation_scale
-    turn = Rotation.from_rotvec(action[3:6] * rotation_scale)
+    turn = rotation_matrix(action[3:6] * rotation_scale)
     if frame == "tool":
-        translation = rotation.apply(translation)
-        new_rotation = rotation * turn
+        translation = rotation @ translation
+        new_rotation = rotation @ turn
     elif frame == "base":
-        new_rotation = turn * rotation
+        new_rotation = turn @ rotation
     else:
         raise ValueError(f"frame must be 'base' or 'tool', got {frame!r}")
-    return np.concatenate([tcp[:3] + translation, new_rotation.as_rotvec()])
+    return np.concatenate([tcp[:3] + translation, rotation_vector(new_rotation)])
+
+
+def braking_speed(distance: float, accel: float, dt: float) -> float:
+    """The highest speed from which ticks of ``dt``, each slowing by ``accel * dt``, stop within ``distance``.
+
+    Moving ``v dt`` this tick and then braking covers ``v dt + v^2 / (2 a) + v dt / 2``.
+    """
+    if distance <= 0:
+        return 0.0
+    return accel * (-1.5 * dt + math.sqrt(2.25 * dt * dt + 2.0 * distance / accel))
+
+
+def _cap(vector: np.ndarray, limit: float) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    return vector * (limit / norm) if norm > limit else vector
+
+
+def _ball(vector: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+    return centre + _cap(vector - centre, radius)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Joints of a pose, how close they are to their limits and to a singularity."""
+
+    joints: np.ndarray
+    margin: float  # smallest distance of a joint to its limit (rad)
+    singular: float  # smallest singular value of the Jacobian
+    frames: np.ndarray  # the joints' frames (kinematics.frames), kept for the next IK step
+
+    def problem(self, limits: SafetyLimits, than: Verdict | None = None) -> str | None:
+        """Why the pose is not acceptable (unless no worse than ``than``, the present pose), or None."""
+        if self.margin < limits.joint_margin and (than is None or self.margin < than.margin):
+            return f"a joint {limits.joint_margin} rad from its limit"
+        if self.singular < limits.min_singular_value and (than is None or self.singular < than.singular):
+            return f"a singularity (Jacobian singular value {self.singular:.4f} < {limits.min_singular_value})"
+        return None
+
+
+def _verdict(joints: np.ndarray) -> Verdict:
+    fs = frames(joints)
+    return Verdict(joints, float(np.min(JOINT_LIMITS - np.abs(joints))),
+                   float(np.linalg.svd(_jacobian(fs), compute_uv=False)[-1]), fs)
+
+
+def _newton(start: Verdict, pose: np.ndarray) -> np.ndarray:
+    """The joints for ``pose`` by one Newton (least-squares) step of IK from ``start``'s joints."""
+    fs = start.frames
+    end = fs[-1]
+    error = np.concatenate([pose[:3] - end[:3, 3], rotation_vector(rotation_matrix(pose[3:]) @ end[:3, :3].T)])
+    return start.joints + np.linalg.lstsq(_jacobian(fs), error, rcond=None)[0]
+
+
+def _advance(pose: np.ndarray, velocity: np.ndarray, dt: float) -> np.ndarray:
+    rotation = rotation_matrix(velocity[3:] * dt) @ rotation_matrix(pose[3:])
+    return np.concatenate([pose[:3] + velocity[:3] * dt, rotation_vector(rotation)])
 
 
 @dataclass
 class SafetyFilter:
     limits: SafetyLimits
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(6))  # last commanded [v; w]
+    here: Verdict | None = None  # the joints of the last commanded pose, their margin and singularity
 
     def reset(self) -> None:
-        """Forget the last commanded velocity (after a stop or reconnect)."""
-        self.velocity = np.zeros(6)
+        """A stream starts from rest: forget the last commanded velocity and joints."""
+        self.velocity, self.here = np.zeros(6), None
+
+    def _feasible(self, wanted: np.ndarray, current: np.ndarray, dt: float) -> np.ndarray:
+        """The velocity closest to ``wanted`` within the acceleration, speed and wall limits."""
+        lim = self.limits
+        low = np.asarray(lim.workspace_min) - current[:3]  # signed distances to the walls
+        high = np.asarray(lim.workspace_max) - current[:3]
+        a_axis = lim.max_linear_accel * AXIS_SHARE
+        top = np.array([braking_speed(d, a_axis, dt) for d in high])
+        bottom = -np.array([braking_speed(-d, a_axis, dt) for d in low])
+        linear_speed = min(lim.max_linear_speed, lim.max_step_translation / dt)
+        v = wanted[:3].copy()
+        for _ in range(20):  # alternating projections onto the convex limits
+            v = np.clip(_cap(v, linear_speed), bottom, top)
+            v = _ball(v, self.velocity[:3], lim.max_linear_accel * dt)
+            if np.all(v <= top + 1e-12) and np.all(v >= bottom - 1e-12):
+                break
+        angular_speed = min(lim.max_angular_speed, lim.max_step_rotation / dt)
+        w = _ball(_cap(wanted[3:], angular_speed), self.velocity[3:], lim.max_angular_accel * dt)
+        return np.concatenate([v, w])
+
+    def _binding(self, wanted: np.ndarray, current: np.ndarray, dt: float) -> str:
+        """Which limits keep the filter from the wanted velocity (for the report)."""
+        lim = self.limits
+        reasons = []
+        if np.linalg.norm(wanted[:3]) > min(lim.max_linear_speed, lim.max_step_translation / dt) or \
+                np.linalg.norm(wanted[3:]) > min(lim.max_angular_speed, lim.max_step_rotation / dt):
+            reasons.append("the speed or step limit")
+        if np.linalg.norm(wanted[:3] - self.velocity[:3]) > lim.max_linear_accel * dt or \
+                np.linalg.norm(wanted[3:] - self.velocity[3:]) > lim.max_angular_accel * dt:
+            reasons.append("the acceleration limit")
+        low = np.asarray(lim.workspace_min) - current[:3]
+        high = np.asarray(lim.workspace_max) - current[:3]
+        a_axis = lim.max_linear_accel * AXIS_SHARE
+        if any(v > braking_speed(h, a_axis, dt) or -v > braking_speed(-lo, a_axis, dt)
+               for v, lo, h in zip(wanted[:3], low, high)):
+            reasons.append("braking for a workspace wall")
+        return " and ".join(reasons) or "the limits together"
 
     def filter(self, current: np.ndarray, target: np.ndarray, q: np.ndarray, dt: float) -> tuple[np.ndarray, list]:
-        """(safe TCP target, reports) for moving from ``current`` toward ``target`` within ``dt`` s."""
+        """(safe TCP pose, reports) for one tick of ``dt`` from ``current`` toward ``target``.
+
+        ``q``: the arm's measured joints (used when a stream starts, at the arm's actual pose).
+        """
         lim = self.limits
         current, target = np.asarray(current, np.float64), np.asarray(target, np.float64)
         if not (np.all(np.isfinite(target)) and np.all(np.isfinite(current)) and dt > 0):
             raise UnsafeCommand(f"non-finite target {target.tolist()} or bad dt {dt}")
-        reports = []
+        reports: list[str] = []
+        if self.here is None:
+            self.here = _verdict(np.asarray(q, np.float64))
         step = target[:3] - current[:3]
-        turn = (Rotation.from_rotvec(target[3:]) * Rotation.from_rotvec(current[3:]).inv()).as_rotvec()
+        turn = rotation_vector(rotation_matrix(target[3:]) @ rotation_matrix(current[3:]).T)
+        # the plan's velocity, slowed so that the arm can stop at the target
+        wanted = np.concatenate([
+            _cap(step / dt, braking_speed(float(np.linalg.norm(step)), lim.max_linear_accel, dt)),
+            _cap(turn / dt, braking_speed(float(np.linalg.norm(turn)), lim.max_angular_accel, dt))])
+        velocity = self._feasible(wanted, current, dt)
+        if np.linalg.norm(velocity - wanted) > 1e-9:
+            reports.append(f"velocity {np.round(wanted, 4).tolist()} limited to {np.round(velocity, 4).tolist()} "
+                           f"by {self._binding(wanted, current, dt)}")
+        pose, verdict, problem = self._check(current, velocity, dt)
+        if problem is not None:
+            reports.append(f"stopping before {problem}")
+            velocity = self._feasible(np.zeros(6), current, dt)  # brake as hard as the limits allow
+            pose = _advance(current, velocity, dt)
+            verdict = _verdict(_newton(self.here, pose))
+        boxed = np.clip(pose[:3], np.minimum(lim.workspace_min, current[:3]),
+                        np.maximum(lim.workspace_max, current[:3]))
+        if np.any(boxed != pose[:3]):  # braking should make this impossible; never move out regardless
+            reports.append(f"position {np.round(pose[:3], 4).tolist()} clamped to the workspace box")
+            pose = np.concatenate([boxed, pose[3:]])
+        self.velocity = np.concatenate([(pose[:3] - current[:3]) / dt, velocity[3:]])
+        self.here = verdict
+        return pose, reports
 
-        def cap(vector: np.ndarray, limit: float, what: str) -> np.ndarray:
-            norm = np.linalg.norm(vector)
-            if norm > limit:
-                reports.append(f"{what} {norm:.4f} clamped to {limit:.4f}")
-                return vector * (limit / norm)
-            return vector
-
-        step = cap(step, lim.max_step_translation, "step translation (m)")
-        turn = cap(turn, lim.max_step_rotation, "step rotation (rad)")
-        step = cap(step, lim.max_linear_speed * dt, "linear speed x dt (m)")
-        turn = cap(turn, lim.max_angular_speed * dt, "angular speed x dt (rad)")
-        linear_change = cap(step / dt - self.velocity[:3], lim.max_linear_accel * dt, "linear accel x dt (m/s)")
-        angular_change = cap(turn / dt - self.velocity[3:], lim.max_angular_accel * dt, "angular accel x dt (rad/s)")
-        step, turn = (self.velocity[:3] + linear_change) * dt, (self.velocity[3:] + angular_change) * dt
-        # the accelerated step lies between the last one and the wanted one; cap again in case dt changed
-        step = cap(step, min(lim.max_step_translation, lim.max_linear_speed * dt), "step translation (m)")
-        turn = cap(turn, min(lim.max_step_rotation, lim.max_angular_speed * dt), "step rotation (rad)")
-        position = current[:3] + step
-        # never move further out of the box; an arm already outside may only move back in (no jump)
-        low = np.minimum(lim.workspace_min, current[:3])
-        high = np.maximum(lim.workspace_max, current[:3])
-        boxed = np.clip(position, low, high)
-        if np.any(boxed != position):
-            reports.append(f"position {np.round(position, 4).tolist()} clamped to the workspace box")
-        rotation = (Rotation.from_rotvec(turn) * Rotation.from_rotvec(current[3:])).as_rotvec()
-        safe = np.concatenate([boxed, rotation])
-        try:
-            joints = ik(safe, q)
-        except IKError as error:
-            raise UnsafeCommand(f"target {np.round(safe, 4).tolist()} is not reachable near the arm: {error}") from None
-        if np.any(np.abs(joints) > JOINT_LIMITS - lim.joint_margin):
-            raise UnsafeCommand(f"target needs joints {np.round(joints, 3).tolist()} within {lim.joint_margin} rad "
-                                "of their limits")
-        self.velocity = np.concatenate([(boxed - current[:3]) / dt, turn / dt])
-        return safe, reports
+    def _check(self, current: np.ndarray, velocity: np.ndarray, dt: float) -> tuple[np.ndarray, Verdict, str | None]:
+        """The pose after one tick at ``velocity``, its verdict, and what is wrong with it or where it stops."""
+        lim = self.limits
+        pose = _advance(current, velocity, dt)
+        verdict = _verdict(_newton(self.here, pose))
+        problem = verdict.problem(lim, self.here)
+        if problem is None and np.any(velocity != 0):  # where braking from here would bring the arm to rest
+            speed, spin = np.linalg.norm(velocity[:3]), np.linalg.norm(velocity[3:])
+            stopping = max(speed / lim.max_linear_accel, spin / lim.max_angular_accel) + dt
+            ahead = np.concatenate([velocity[:3] * (speed / (2 * lim.max_linear_accel) + dt),
+                                    velocity[3:] * (spin / (2 * lim.max_angular_accel) + dt)])
+            joints = _newton(verdict, _advance(pose, ahead, 1.0))
+            # a linearised step is blind across a singularity: also extrapolate how fast it is approached
+            falling = max(0.0, self.here.singular - verdict.singular) / dt
+            if np.max(np.abs(joints - verdict.joints)) > MAX_STOPPING_JOINT_TRAVEL or \
+                    verdict.singular - falling * stopping < lim.min_singular_value < verdict.singular:
+                problem = (f"a singularity (singular value {verdict.singular:.4f} falling "
+                           f"{falling:.3f}/s, stopping takes {stopping:.3f} s)")
+            else:
+                problem = _verdict(joints).problem(lim, verdict)
+        return pose, verdict, problem
