@@ -201,6 +201,25 @@ class ControllerLink:
                 raise LinkDown(f"{method}: the controller link process ended") from None
             return self._answer(self.call_timeout if timeout is None else timeout, method)
 
+    # the typed calls the servo loop makes (ur5_driver.servo.Controller)
+    def state(self) -> dict:
+        return self.call("state")
+
+    def servo_l(self, pose: list[float], period: float, lookahead: float, gain: float) -> None:
+        self.call("servo_l", pose, period, lookahead, gain)
+
+    def servo_stop(self) -> None:
+        self.call("servo_stop")
+
+    def arm_watchdog(self, frequency_hz: float) -> None:
+        self.call("arm_watchdog", frequency_hz)
+
+    def kick_watchdog(self) -> None:
+        self.call("kick_watchdog")
+
+    def grip(self, command: int) -> None:
+        self.call("grip", command)
+
     def kill(self) -> None:
         """End the child at once (it may be blocked inside ur_rtde)."""
         if self.process.poll() is None:
