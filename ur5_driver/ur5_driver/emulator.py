@@ -9,7 +9,8 @@ Backed by the kinematic UR5 model (:mod:`ur5_driver.kinematics`). It serves:
   uses 500 Hz, CB3 3.x -> 125 Hz), 'O' output setup (double frequency + names; reply recipe id +
   types, NOT_FOUND for an unknown name), 'I' input setup (reply recipe id + types, IN_USE if
   another connection owns a field), 'S'/'P' start/pause, then 'U' data packages streamed at the
-  requested frequency; recipe ids are handed out 1, 2, 3... in order, per connection;
+  requested frequency; recipe ids are handed out 1, 2, 3... in order, per connection, for outputs
+  and for inputs each (ur_rtde numbers its input recipes from 1);
 * the dashboard on 29999 (greeting, then one reply line per command);
 * the script port 30003: the control script ur_rtde uploads; after it, ``runtime_state`` is
   PLAYING (2);
@@ -48,8 +49,9 @@ from ur5_driver.kinematics import IKError, fk, ik
 
 HOME = np.array([0.0, -1.57, 1.57, -1.57, -1.57, 0.0])
 COMMANDS = {0: "clear", 1: "moveJ", 3: "moveL", 9: "speedJ", 10: "speedL", 11: "servoJ", 15: "speedStop",
-            16: "servoStop", 24: "servoL", 33: "stopL", 34: "stopJ", 35: "setWatchdog", 255: "stopScript"}
-REALTIME = {9, 10, 11, 24}
+            16: "servoStop", 24: "servoL", 26: "getStepTime", 33: "stopL", 34: "stopJ", 35: "setWatchdog",
+            255: "stopScript"}
+REALTIME = {9, 10, 11, 24}  # the motion commands ur_rtde does not wait for
 SAFETY_MODES = {1: "NORMAL", 3: "PROTECTIVE_STOP", 7: "ROBOT_EMERGENCY_STOP"}
 VECTOR6D = {"target_q", "target_qd", "target_qdd", "target_current", "target_moment", "actual_q", "actual_qd",
             "actual_current", "joint_control_output", "actual_TCP_pose", "actual_TCP_speed", "actual_TCP_force",
@@ -117,6 +119,7 @@ class Controller:
         self.digital_outputs = 0  # standard 0-7, configurable 8-15, tool 16-17
         self.gripper = {"ACT": 0, "GTO": 0, "POS": 0, "SPE": 255, "FOR": 150}
         self.gripper_fault = False  # the gripper refuses every SET while it lasts
+        self.speed: tuple[str, np.ndarray] | None = None  # speedJ / speedL: a joint or TCP velocity held
 
     # ------------------------------------------------------------------ motion
     def step(self, dt: float) -> None:
@@ -128,7 +131,17 @@ class Controller:
                 self.stop_program()
                 self.log_event({"command": "watchdog_expired"})
             if self.halted:
-                self.target_q = self.q.copy()
+                self.target_q, self.speed = self.q.copy(), None
+            if self.speed is not None:
+                kind, velocity = self.speed
+                if kind == "J":
+                    self.target_q = self.q + velocity * dt
+                else:
+                    pose = fk(self.q)
+                    try:
+                        self.target_q = ik(np.concatenate([pose[:3] + velocity[:3] * dt, pose[3:]]), self.q)
+                    except IKError:
+                        self.speed = None
             move = np.clip(self.target_q - self.q, -self.max_joint_speed * dt, self.max_joint_speed * dt)
             self.q = self.q + move
             self.qd = move / dt
@@ -137,10 +150,17 @@ class Controller:
         """A control program starts (uploaded to the script port, or played): no watchdog yet."""
         self.runtime_state, self.script_state, self.watchdog_s = 2, 1, 0.0
         self.last_command_input = time.monotonic()
+        for offset in (0, 24):  # the script publishes its step time at once (getStepTime reads it)
+            self.registers[f"output_double_register_{offset}"] = self.step_time
 
     def stop_program(self) -> None:
         """The program stops (and with it its watchdogs); the arm holds where it is."""
         self.runtime_state, self.watchdog_s, self.target_q = 1, 0.0, self.q.copy()
+        self.speed = None
+
+    @property
+    def step_time(self) -> float:
+        return 0.002 if self.e_series else 0.008
 
     @property
     def halted(self) -> bool:
@@ -210,6 +230,8 @@ class Controller:
             out.write(json.dumps(entry) + "\n")
 
     def execute(self, command: int, d: list[float]) -> None:
+        """Run one command of ur_rtde's control script; one it does not know stops the program, as a
+        script error does on a controller (the client then sees that the program is not running)."""
         if command == 0:
             self.script_state = 1
             return
@@ -217,23 +239,35 @@ class Controller:
         if moving and (self.halted or self.runtime_state != 2):
             self.script_state = 1 if command in REALTIME else 2
             return
+        if command not in COMMANDS:
+            self.log_event({"command": "unsupported", "id": command})
+            self.stop_program()
+            return
+        done = 1 if command in REALTIME else 2  # real-time commands return at once
+        if command in (1, 3, 11, 24):
+            self.speed = None
         if command in (11, 1):  # servoJ / moveJ: joint target
             self.target_q = np.asarray(d[:6])
         elif command in (24, 3):  # servoL / moveL: pose target
             try:
                 self.target_q = ik(np.asarray(d[:6]), self.q)
             except IKError:
-                pass
-        elif command in (9, 10):  # speedJ / speedL: hold a velocity for one step
-            if command == 9:
-                self.target_q = self.q + np.asarray(d[:6]) * 0.008
+                self.log_event({"command": "unreachable", "id": command})
+                self.stop_program()  # a controller faults on an unreachable move; the client is told
+                return
+        elif command == 9:  # speedJ: hold a joint velocity until a stop or another motion
+            self.speed = ("J", np.asarray(d[:6]))
+        elif command == 10:  # speedL: hold a TCP linear velocity
+            self.speed = ("L", np.asarray(d[:6]))
+        elif command == 26:  # getStepTime: the controller's servo period, in output double register 0
+            self.registers[f"output_double_register_{self.offset}"] = self.step_time
         elif command in (15, 16, 33, 34):  # stops
-            self.target_q = self.q.copy()
+            self.target_q, self.speed = self.q.copy(), None
         elif command == 35:  # setWatchdog(min frequency): rtde_set_watchdog on the command register
             self.watchdog_s = 1.0 / d[0] if d[0] > 0 else 0.0
         elif command == 255:
             self.stop_program()
-        self.script_state = 1 if command in REALTIME else 2  # real-time commands return at once
+        self.script_state = done  # a moveJ / moveL is "done" at once; the arm then moves there
         self.last_command = command
 
 
@@ -256,7 +290,7 @@ class RTDEConnection:
         self.c, self.conn, self.ident = controller, conn, ident
         self.outputs: tuple[int, list[str], list[str], float] | None = None
         self.inputs: dict[int, tuple[list[str], list[str]]] = {}
-        self.recipes = 0  # recipe ids are per connection: 1, 2, 3... in order
+        self.recipes = {"O": 0, "I": 0}  # ids per connection, outputs and inputs each 1, 2, 3... in order
         self.streaming = threading.Event()
         self.send_lock = threading.Lock()
 
@@ -290,8 +324,8 @@ class RTDEConnection:
             frequency = struct.unpack(">d", body[:8])[0]
             names = [n for n in body[8:].decode().split(",") if n]
             types = [rtde_type(n) or "NOT_FOUND" for n in names]
-            self.recipes += 1
-            recipe = self.recipes
+            self.recipes["O"] += 1
+            recipe = self.recipes["O"]
             self.outputs = (recipe, names, types, frequency)
             self.send(_frame("O", bytes([recipe]) + ",".join(types).encode()))
         elif kind == "I":
@@ -300,8 +334,8 @@ class RTDEConnection:
                 types = [rtde_type(n) or "NOT_FOUND" for n in names]
                 types = ["IN_USE" if c.input_owner.get(n, self.ident) != self.ident else t
                          for n, t in zip(names, types)]
-                self.recipes += 1
-                recipe = self.recipes
+                self.recipes["I"] += 1
+                recipe = self.recipes["I"]
                 if "IN_USE" not in types and "NOT_FOUND" not in types:
                     c.input_owner.update({n: self.ident for n in names})
                     if "input_int_register_24" in names:
