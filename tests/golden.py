@@ -1,4 +1,5 @@
-"""The golden reference sets in ../shared/golden: checkpoint folders rebuilt from their salt, and expected arrays."""
+"""The golden reference sets: ../shared/golden's, and the ones this project made in the same format
+(tests/golden_sets: openpi's PyTorch pi0 layout); checkpoint folders rebuilt from their salt, expected arrays."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import numpy as np
 import pytest
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
-SALTS = {"openvla": "vla-steer-golden-A-openvla", "pi0": "vla-steer-golden-A-pi0"}
+PROJECT_GOLDEN = Path(__file__).resolve().parent / "golden_sets"
+SALTS = {"openvla": "vla-steer-golden-A-openvla", "pi0": "vla-steer-golden-A-pi0",
+         "openpi_pi0": "vla-steer-golden-openpi-pi0"}
 
 
 def golden_dir(family: str) -> Path:
-    folder = GOLDEN / family
+    folder = PROJECT_GOLDEN / family if (PROJECT_GOLDEN / family).exists() else GOLDEN / family
     if not (folder / "keys.json").exists():
         pytest.skip(f"no golden set at {folder} (../shared beside the checkout)")
     return folder
@@ -29,6 +32,8 @@ def checkpoint(family: str) -> Path:
     script writes byte-identical files; a folder is used only once the script has finished writing it.
     """
     source = golden_dir(family)
+    if not (GOLDEN / "make_weights.py").exists():
+        pytest.skip("no ../shared/golden/make_weights.py beside the checkout")
     key = hashlib.sha256((source / "keys.json").read_bytes() + SALTS[family].encode()).hexdigest()[:16]
     cache = Path(os.environ.get("VLA_STEER_CACHE", Path.home() / ".cache" / "vla_steer"))
     out = cache / "golden" / f"{family}-{key}"

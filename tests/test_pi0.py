@@ -1,4 +1,6 @@
-"""pi0 from a LeRobot 0.4 policy folder, against what LeRobot's PI0Policy computed (../shared/golden/pi0)."""
+"""pi0 from a LeRobot 0.4 policy folder and from an openpi PyTorch folder, against what LeRobot's
+PI0Policy (../shared/golden/pi0) and openpi's PI0Pytorch with its pi0_libero transforms
+(tests/golden_sets/openpi_pi0) computed."""
 
 from __future__ import annotations
 
@@ -130,3 +132,69 @@ def test_the_tokenizer_comes_from_the_local_cache_by_name_and_is_never_downloade
     env["HF_HUB_CACHE"] = str(tmp_path / "empty")
     absent = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert absent.returncode != 0 and "is never downloaded here" in absent.stderr
+
+
+# ---------------------------------------------------------------- openpi's own PyTorch layout
+OPENPI = "openpi_pi0"
+
+
+@pytest.fixture(scope="module")
+def openpi():
+    return make_policy(FAMILY, str(checkpoint(OPENPI)),
+                       tokenizer=str(golden_dir(FAMILY) / "paligemma_tokenizer_standin"))
+
+
+def openpi_observation() -> Observation:
+    """The pi0 set's inputs under the camera names a LIBERO bridge uses (matched to openpi's slots in order)."""
+    observation = golden_observation()
+    return Observation({"agentview": observation.images["image"], "wrist": observation.images["wrist_image"]},
+                       observation.state, observation.instruction)
+
+
+def test_an_openpi_folder_gets_openpis_inputs(openpi):
+    inputs = openpi.model_inputs(openpi_observation())
+    for name in ("lang_tokens", "lang_attention_mask", "state_normalized", "state_padded", "image_masks"):
+        np.testing.assert_allclose(inputs[name].numpy().astype(np.float64), expected(OPENPI, name), atol=1e-6,
+                                   err_msg=name)
+    model_images = expected(OPENPI, "images_uint8").astype(np.float32) / 255.0 * 2.0 - 1.0
+    assert max_abs(inputs["images"], model_images) == 0.0  # PIL's resize with padding, bit for bit
+
+
+@pytest.mark.parametrize("name", [None, "vlm", "expert"])
+def test_an_openpi_folder_matches_openpis_pi0(openpi, name):
+    steered = None
+    if name is not None:
+        spec = json.loads((golden_dir(OPENPI) / "steering.json").read_text())[name]
+        layer = int(spec["module"].split(".layers.")[1].split(".")[0])
+        stack = VLM_STACK if name == "vlm" else EXPERT_STACK
+        steered = steer(openpi, InterventionDictionary({name: Concept(
+            name, tuple((layer, n) for n in spec["neurons"]), strength=spec["value"], stack=stack)}))
+    prefix = "" if name is None else f"steered_{name}_"
+    try:
+        if steered is not None:
+            with steered.engine.applied():
+                final, velocities = openpi.denoise(openpi.model_inputs(openpi_observation()), golden_noise())
+        else:
+            final, velocities = openpi.denoise(openpi.model_inputs(openpi_observation()), golden_noise())
+    finally:
+        if steered is not None:
+            steered.engine.remove()
+    assert max_abs(velocities[0], expected(OPENPI, f"{prefix}first_step_velocity")) < TOLERANCE
+    assert max_abs(final[:, :, :7], expected(OPENPI, f"{prefix}actions_normalized")) < TOLERANCE
+    assert max_abs(openpi.unnormalize(final[:, :, :7]), expected(OPENPI, f"{prefix}actions")) < TOLERANCE
+    if name is None:
+        assert max_abs(torch.stack(velocities), expected(OPENPI, "all_step_velocities")) < TOLERANCE
+
+
+def test_an_openpi_folder_with_several_assets_needs_asset_id(tmp_path):
+    source = checkpoint(OPENPI)
+    (tmp_path / "model.safetensors").symlink_to(source / "model.safetensors")
+    (tmp_path / "config.json").write_text((source / "config.json").read_text())
+    for asset in ("physical-intelligence/libero", "mine/libero_spatial"):
+        (tmp_path / "assets" / asset).mkdir(parents=True)
+        (tmp_path / "assets" / asset / "norm_stats.json").write_text(
+            (source / "assets/physical-intelligence/libero/norm_stats.json").read_text())
+    with pytest.raises(FileNotFoundError, match="exactly one is needed"):
+        Pi0Policy.from_pretrained(tmp_path, tokenizer=str(golden_dir(FAMILY) / "paligemma_tokenizer_standin"))
+    with pytest.raises(ValueError, match="'nope' is not among"):
+        Pi0Policy.from_pretrained(tmp_path, asset_id="nope")

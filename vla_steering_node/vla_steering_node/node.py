@@ -46,7 +46,8 @@ from vla_steering_node.conversions import (
 from vla_steering_node.observation_buffer import NotReady, ObservationBuffer
 
 # the backends' loader options as read-only parameters ("" = the backend's default)
-POLICY_OPTION_DEFAULTS = {"unnorm_key": "", "center_crop_scale": 1.0, "dtype": "bfloat16", "seed": 0, "tokenizer": ""}
+POLICY_OPTION_DEFAULTS = {"unnorm_key": "", "center_crop_scale": 1.0, "dtype": "bfloat16", "seed": 0, "tokenizer": "",
+                          "asset_id": ""}
 INSTRUCTION_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
 

@@ -35,7 +35,8 @@ POLICY_OPTIONS: dict[str, dict[str, str]] = {
                 "center_crop_scale": "area kept by the evaluation center crop (1 = none; 0.9 for LIBERO fine-tunes)",
                 "dtype": "bfloat16 (as published) or float32"},
     "pi0": {"seed": "seed of the flow-matching noise (every prediction)",
-            "tokenizer": "local folder of the PaliGemma tokenizer (default: the local Hugging Face cache)"},
+            "tokenizer": "local folder of the PaliGemma tokenizer (default: the local Hugging Face cache)",
+            "asset_id": "openpi folders: which assets/<id>/norm_stats.json (needed when there are several)"},
 }
 
 

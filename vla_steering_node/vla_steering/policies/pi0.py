@@ -1,9 +1,11 @@
-"""pi0 from a LeRobot (>= 0.4) policy folder, native, on transformers' ``PI0ForConditionalGeneration``.
+"""pi0 from a LeRobot (>= 0.4) or an openpi PyTorch folder, native, on transformers' ``PI0ForConditionalGeneration``.
 
-The folder as LeRobot writes it: ``config.json`` (type ``pi0``), ``model.safetensors``
-with LeRobot's names (``model.paligemma_with_expert...``; openpi's own PyTorch
-conversion uses the same names without the leading ``model.``), and the processor
-pipelines with their statistics. No LeRobot, no torchvision.
+A LeRobot folder as LeRobot writes it: ``config.json`` (type ``pi0``), ``model.safetensors``
+with LeRobot's names (``model.paligemma_with_expert...``), and the processor pipelines with
+their statistics. An openpi folder as openpi's conversion writes it: the same names without the
+leading ``model.``, openpi's small ``config.json`` and ``assets/*/norm_stats.json``; its inputs
+and outputs go through openpi's ``pi0_libero`` transforms
+(:mod:`vla_steering.policies.openpi_processing`). No LeRobot, no openpi, no torchvision.
 
 * **Dimensions** come from the folder: chunk size, state/action padding, denoising
   steps and image resolution from ``config.json``; the two Gemmas' widths, depths, MLP
@@ -15,9 +17,9 @@ pipelines with their statistics. No LeRobot, no torchvision.
 * **Inputs**: the preprocessor pipeline (newline, tokenizer, state normalisation);
   images as LeRobot 0.4 prepares them: float [0, 1], ``resize_with_pad`` to the
   configured resolution (bilinear, aspect kept, padded with -1 before scaling, as
-  0.4.4 does), then ``2x - 1``; cameras in the folder's feature order, absent ones
-  as masked -1 images. Cameras are matched by name (``observation.images.<name>``),
-  else in order.
+  0.4.4 does), then ``2x - 1`` (openpi: PIL's bilinear resize with black padding);
+  cameras in the folder's feature order, absent ones as masked -1 images. Cameras are
+  matched by name (``observation.images.<name>``), else in order.
 * **Flow matching**: the PaliGemma prefix runs once; ``num_inference_steps`` Euler
   steps ``x <- x + dt v(x, t)`` from ``t = 1``, ``dt = -1/steps`` run the action
   expert on the prefix's KV cache. The noise is drawn from a generator seeded by
@@ -45,6 +47,12 @@ from torch import nn
 from vla_steering.policies.base import LIBERO_EE_DELTA, Observation, Policy
 from vla_steering.policies.checkpoint import CheckpointError, empty_model, load_checked, tensor_names
 from vla_steering.policies.lerobot_processing import NEW_LINE_STEPS, Pipeline, read_pipeline, read_policy_config
+from vla_steering.policies.openpi_processing import (
+    is_openpi_folder,
+    openpi_pipelines,
+    read_openpi_folder,
+    resize_with_pad_pil,
+)
 
 VLM_STACK = "model.vlm.language_model.layers"
 EXPERT_STACK = "model.dit.layers"
@@ -125,13 +133,15 @@ class Pi0Policy(Policy):
         config: the folder's LeRobot ``config.json``.
         preprocessor, postprocessor: the folder's pipelines.
         seed: seeds the flow-matching noise of every prediction.
+        resize: (1, 3, H, W) in [0, 1] -> the model's resolution (LeRobot's or openpi's resize with padding).
     """
 
     action_space = LIBERO_EE_DELTA
 
     def __init__(self, model: nn.Module, config: Mapping, preprocessor: Pipeline, postprocessor: Pipeline,
-                 seed: int = 0):
+                 seed: int = 0, resize=None):
         self.model = model.eval()
+        self.resize = resize or resize_with_pad
         self.config = config
         self.preprocessor = preprocessor
         self.postprocessor = postprocessor
@@ -148,11 +158,17 @@ class Pi0Policy(Policy):
 
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path, device: str = "cpu", seed: int = 0,
-                        tokenizer: str | Path | None = None) -> Pi0Policy:
+                        tokenizer: str | Path | None = None, asset_id: str | None = None) -> Pi0Policy:
         from transformers import PI0Config, PI0ForConditionalGeneration
 
         path = Path(checkpoint).expanduser()
-        config = read_policy_config(path, "pi0")
+        openpi = is_openpi_folder(path)
+        if openpi:
+            config, stats = read_openpi_folder(path, asset_id)
+        else:
+            if asset_id is not None:
+                raise ValueError("asset_id is for openpi folders; this is a LeRobot folder")
+            config = read_policy_config(path, "pi0")
         shapes = tensor_names(path)
         root = "model." if any(n.startswith("model.paligemma_with_expert.") for n in shapes) else ""
         vlm = _gemma_dims(shapes, f"{root}paligemma_with_expert.paligemma.model.language_model.layers")
@@ -176,6 +192,9 @@ class Pi0Policy(Policy):
             model = PI0ForConditionalGeneration(pi0_config)
         model.model.dit.embed_tokens = None  # the expert reads embeddings, never tokens
         load_checked(model, path, pi0_converter(root))
+        if openpi:
+            pre, post = openpi_pipelines(stats, tokenizer)
+            return cls(model.to(device), config, pre, post, seed, resize=resize_with_pad_pil)
         pre = read_pipeline(path, "policy_preprocessor.json", tokenizer, NEW_LINE_STEPS)
         post = read_pipeline(path, "policy_postprocessor.json")
         return cls(model.to(device), config, pre, post, seed)
@@ -213,7 +232,7 @@ class Pi0Policy(Policy):
         images, masks = [], []
         for key in self.image_keys:
             if key in batch:
-                images.append(resize_with_pad(batch[key].float(), height, width) * 2.0 - 1.0)
+                images.append(self.resize(batch[key].float(), height, width) * 2.0 - 1.0)
                 masks.append(True)
             else:
                 images.append(torch.full_like(images[0] if images else torch.zeros(1, 3, height, width), -1.0))
