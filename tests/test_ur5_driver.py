@@ -24,6 +24,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from ur5_driver.emulator import HOME  # noqa: E402
+from ur5_driver.kinematics import rotation_matrix, rotation_vector  # noqa: E402
 from ur5_driver.safety import SafetyLimits  # noqa: E402
 
 LIMITS = SafetyLimits()
@@ -115,9 +116,10 @@ def rig(request, tmp_path):
 
 def check_limits(entries, period: float = SERVO_PERIOD):
     """Every servoL target inside the workspace; within one tick's step of where the arm was commanded
-    just before (inside a servo stream) or of where it actually was (a stream's first); and, between
-    consecutive commanded velocities of a stream, within the acceleration limit. A stop, or a gap of
-    several periods (a halt, idling), ends a stream."""
+    just before (inside a servo stream) or of where it actually was (a stream's first); linear and
+    angular speed within the limits; and, between consecutive commanded velocities of a stream,
+    linear and angular acceleration within the limits. A stop, or a gap of several periods (a halt,
+    idling), ends a stream."""
     arm = [e for e in entries if "doubles" in e]  # grippers and digital outputs do not move the arm
     for e in arm:
         assert all(np.isfinite(e["doubles"])), e
@@ -128,17 +130,21 @@ def check_limits(entries, period: float = SERVO_PERIOD):
             previous = velocity = None  # a stop or a halt ends the servo stream
         if e["command"] != "servoL":
             continue
-        target = np.array(e["doubles"][:3])
-        assert np.all(target >= np.array(LIMITS.workspace_min) - 1e-9), e
-        assert np.all(target <= np.array(LIMITS.workspace_max) + 1e-9), e
+        target = np.array(e["doubles"][:6])
+        assert np.all(target[:3] >= np.array(LIMITS.workspace_min) - 1e-9), e
+        assert np.all(target[:3] <= np.array(LIMITS.workspace_max) + 1e-9), e
         if previous is None:  # a stream's first target is measured from the arm's pose (1 mm tracking slack)
-            assert np.linalg.norm(target - np.array(e["actual_tcp"][:3])) <= limit + 1e-3, e
+            assert np.linalg.norm(target[:3] - np.array(e["actual_tcp"][:3])) <= limit + 1e-3, e
         else:
-            step = target - previous
-            assert np.linalg.norm(step) <= limit, e
+            turn = rotation_vector(rotation_matrix(target[3:]) @ rotation_matrix(previous[3:]).T)
+            step = np.concatenate([target[:3] - previous[:3], turn]) / period
+            assert np.linalg.norm(step[:3]) * period <= limit, e
+            assert np.linalg.norm(step[3:]) <= LIMITS.max_angular_speed + 1e-6, e
             if velocity is not None:  # the driver's commanded acceleration, tick to tick
-                assert np.linalg.norm(step / period - velocity) <= LIMITS.max_linear_accel * period + 1e-9, e
-            velocity = step / period
+                change = step - velocity
+                assert np.linalg.norm(change[:3]) <= LIMITS.max_linear_accel * period + 1e-9, e
+                assert np.linalg.norm(change[3:]) <= LIMITS.max_angular_accel * period + 1e-6, e
+            velocity = step
         servo.append(e)
         previous, last_t = target, e["t"]
     return servo
@@ -215,6 +221,7 @@ def test_protective_stop_blocks_motion_until_unlocked(rig):
     assert client.trigger("unlock_protective_stop").success
     assert wait_for(lambda: client.latest().get("protective_stop") == "False", 10, client.spin)
     assert_moves_again(client, log)
+    check_limits(commands(log))  # across the stop and the unlock
 
 
 def assert_moves_again(client, log):
@@ -238,6 +245,7 @@ def test_emergency_stop_is_reported_and_only_a_release_ends_it(rig):
     assert dashboard("emulator release emergency stop") == "Emergency stop released"  # the button, by hand
     assert wait_for(lambda: client.latest().get("emergency_stop") == "False", 10, client.spin)
     assert_moves_again(client, log)
+    check_limits(commands(log))
 
 
 def test_a_hung_driver_is_stopped_by_the_controller_and_resumes_only_when_asked(rig):
@@ -273,6 +281,7 @@ def test_a_hung_driver_is_stopped_by_the_controller_and_resumes_only_when_asked(
         client.wait(0.2)
     assert client.poses[-1].pose.position.z > z0 + 0.01
     assert [e["command"] for e in commands(log)[expired:]].count("setWatchdog") == 1  # re-armed once
+    check_limits(commands(log))  # across the hang, the program stop and the resume
 
 
 @pytest.mark.parametrize("rig", [{"dry_run": True, "gripper": "robotiq_socket"}], indirect=True)

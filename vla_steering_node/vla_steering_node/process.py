@@ -14,7 +14,8 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 
-def _spin(executor: SingleThreadedExecutor, node: Node, on_error: Callable[[Node, Exception], None] | None) -> None:
+def _spin(executor: SingleThreadedExecutor, node: Node, on_error: Callable[[Node, Exception], None] | None,
+          stopping: threading.Event) -> None:
     while True:
         try:
             executor.spin()
@@ -22,8 +23,8 @@ def _spin(executor: SingleThreadedExecutor, node: Node, on_error: Callable[[Node
         except ExternalShutdownException:
             return
         except Exception as error:  # noqa: BLE001 - a callback failed: report it and keep serving the rest
-            if not rclpy.ok():
-                return
+            if stopping.is_set() or not rclpy.ok():
+                return  # never spin again once the process is shutting down
             node.get_logger().error(f"a callback failed and was skipped: {type(error).__name__}: {error}\n"
                                     + "".join(traceback.format_exception(error)))
             if on_error is not None:
@@ -45,7 +46,8 @@ def run(make_node: Callable[[], Node], work: Callable[[Node], None], startup_err
         raise SystemExit(1) from None
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spinner = threading.Thread(target=_spin, args=(executor, node, on_error), daemon=True)
+    stopping = threading.Event()
+    spinner = threading.Thread(target=_spin, args=(executor, node, on_error, stopping), daemon=True)
     spinner.start()
     try:
         work(node)
@@ -56,6 +58,7 @@ def run(make_node: Callable[[], Node], work: Callable[[Node], None], startup_err
             raise
         # a publish raced the shutdown a signal started ("context is invalid"): a clean exit
     finally:
+        stopping.set()
         try:
             rclpy.try_shutdown()  # wakes the executor
         except RuntimeError:  # a signal handler shut the context down at the same moment
