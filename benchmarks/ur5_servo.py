@@ -4,7 +4,11 @@
   arm followed a plan (p50 / p99, and their deviation from the nominal period), and the period the
   driver itself reports on ``robot_status`` (its loop over the last ~2 s);
 * end-to-end latency: action_chunk published -> first servoL of it received by the emulator
-  (both stamped with the system-wide monotonic clock).
+  (both stamped with the system-wide monotonic clock);
+* the servo tick's own time (its work, the safety filter's IK steps included), as the driver
+  reports it while the arm moves;
+* the largest per-tick commanded acceleration over an adversarial run (random chunks, reversals,
+  full-range values), from the emulator's log: it must stay within the limit.
 
 Run: PYTHONPATH=vla_steering_node:ur5_driver:tests .venv/bin/python benchmarks/ur5_servo.py
 """
@@ -18,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 from ros_harness import NodeProcess, unique_domain_id, wait_for
+
+from ur5_driver.safety import SafetyLimits
 
 DOMAIN = unique_domain_id()
 os.environ.update(ROS_DOMAIN_ID=str(DOMAIN), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
@@ -40,7 +46,7 @@ def measure(e_series: bool) -> None:
     try:
         if not wait_for(lambda: len(client.joints) > 5 and client.status, 60, client.spin):
             raise SystemExit(f"the driver did not come up:\n{driver.output()[-3000:]}")
-        latencies, intervals = [], []
+        latencies, intervals, ticks = [], [], []
         for trial in range(20):
             before = len(commands(log))
             sent = time.monotonic()
@@ -50,6 +56,15 @@ def measure(e_series: bool) -> None:
             new = [e for e in commands(log)[before:] if e["command"] == "servoL"]
             latencies.append(new[0]["t"] - sent)
             intervals += list(np.diff([e["t"] for e in new]))
+            if "servo_tick_p99_ms" in client.latest():
+                ticks.append(float(client.latest()["servo_tick_p99_ms"]))
+        rng = np.random.default_rng(0)
+        adversarial_start = len(commands(log))
+        for _ in range(40):  # adversarial: random full-range chunks, sent faster than they run
+            client.send(rng.uniform(-1.5, 1.5, (rng.integers(1, 8), 7)).tolist())
+            client.wait(float(rng.uniform(0.02, 0.3)))
+        client.wait(0.5)
+        accel = max_accel(commands(log)[adversarial_start:], 1.0 / rate)
         period = 1e3 / rate
         lat = np.array(latencies) * 1e3
         iv = np.array(intervals) * 1e3
@@ -63,10 +78,32 @@ def measure(e_series: bool) -> None:
               f"p99 {status['servo_period_p99_ms']} ms")
         print(f"  action published -> first servoL at the emulator, {len(lat)} trials: "
               f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms")
+        print(f"  servo tick's own time while moving (driver-reported p99 over 2 s windows): median "
+              f"{np.median(ticks):.2f} ms, worst {max(ticks):.2f} ms")
+        print(f"  adversarial run: largest commanded linear acceleration {accel:.3f} m/s^2 "
+              f"(limit {SafetyLimits().max_linear_accel})")
     finally:
         driver.stop()
         emulator.stop()
         client.node.destroy_node()
+
+
+def max_accel(entries: list[dict], period: float) -> float:
+    """The largest tick-to-tick change of commanded TCP velocity within servo streams, over the period."""
+    largest, previous, velocity, last_t = 0.0, None, None, None
+    for e in entries:
+        if e.get("command") != "servoL" or (last_t is not None and e["t"] - last_t > 5 * period + 0.02):
+            previous = velocity = None
+        if e.get("command") != "servoL":
+            continue
+        target = np.array(e["doubles"][:3])
+        if previous is not None:
+            step = (target - previous) / period
+            if velocity is not None:
+                largest = max(largest, float(np.linalg.norm(step - velocity)) / period)
+            velocity = step
+        previous, last_t = target, e["t"]
+    return largest
 
 
 def main() -> None:
