@@ -1,8 +1,11 @@
 """The newest inputs of each kind, assembled into one observation per inference (no rclpy).
 
-An instruction is *state* (latched, never stale); camera images and the robot state
-are streams, stale when older than a timeout. A new primary-camera image marks the
-buffer fresh; if the previous fresh image was never consumed, it counts as dropped.
+An instruction is *state* (latched, never stale); an empty one leaves the last good one
+in place. Camera images and the robot state are streams, stale when older than a timeout.
+A new primary-camera image marks the buffer fresh; if the previous fresh image was never
+consumed, it counts as dropped. An image whose stamp is that of the observation already
+answered (a bridge re-sending an unanswered observation while a slow policy still works on
+it) is kept but does not mark the buffer fresh: one observation, one inference.
 """
 
 from __future__ import annotations
@@ -35,13 +38,20 @@ class ObservationBuffer:
         self._state: Stamped | None = None
         self._instruction = ""
         self._fresh = False
+        self._answered_ns: int | None = None  # the primary stamp of the last observation taken
+        self._fresh_ns: int | None = None  # the primary stamp that made the buffer fresh
         self._lock = threading.Condition()
         self.dropped = 0
+        self.repeats = 0  # re-sent observations not answered twice
 
     def put_image(self, camera: str, rgb: np.ndarray, stamp_ns: int) -> None:
         with self._lock:
             self._images[camera] = Stamped(rgb, stamp_ns)
             if camera == self.cameras[0]:
+                if stamp_ns == self._answered_ns or (self._fresh and stamp_ns == self._fresh_ns):
+                    self.repeats += 1
+                    return
+                self._fresh_ns = stamp_ns
                 if self._fresh:
                     self.dropped += 1
                 self._fresh = True
@@ -51,9 +61,13 @@ class ObservationBuffer:
         with self._lock:
             self._state = Stamped(state, stamp_ns)
 
-    def put_instruction(self, text: str) -> None:
+    def put_instruction(self, text: str) -> bool:
+        """Keep ``text`` as the instruction; an empty one is ignored (False) and the last good one stays."""
+        if not text.strip():
+            return False
         with self._lock:
             self._instruction = text
+        return True
 
     def wait_fresh(self, timeout_s: float) -> bool:
         with self._lock:
@@ -75,4 +89,5 @@ class ObservationBuffer:
                 if age > self.stale_after_ns:
                     raise NotReady(f"{name} is stale ({age / 1e9:.2f} s old)")
             images = {c: self._images[c].value for c in self.cameras}
-            return Observation(images, self._state.value, self._instruction), self._images[self.cameras[0]].stamp_ns
+            self._answered_ns = self._images[self.cameras[0]].stamp_ns
+            return Observation(images, self._state.value, self._instruction), self._answered_ns
