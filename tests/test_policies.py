@@ -78,6 +78,19 @@ def test_bad_policy_outputs_never_leave_the_policy():
     assert chunk.actions.shape == (3, 7) and chunk.space.dims[-1] == "gripper" and chunk.steering is None
 
 
+def test_actions_outside_the_action_space_are_clipped_and_counted():
+    class Wild(Policy):
+        action_space = LIBERO_EE_DELTA
+        model = torch.nn.Identity()
+
+        def predict(self, observation):
+            return np.array([[0.5, 2.0, -3.0, 0, 0, 0, 1.0]])
+
+    chunk = SteeredPolicy(Wild()).act(observation())
+    np.testing.assert_array_equal(chunk.actions, [[0.5, 1.0, -1.0, 0, 0, 0, 1.0]])
+    assert chunk.clipped == 2
+
+
 def test_a_backend_must_declare_its_action_space():
     with pytest.raises(TypeError, match="ActionSpace"):
         class NoSpace(Policy):  # noqa: F841

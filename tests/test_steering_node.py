@@ -174,6 +174,17 @@ def test_invalid_sets_are_refused_and_change_nothing(running, name, value, reaso
     assert abs(dz(client.act()) - dz(before)) < 1e-6
 
 
+def test_a_batch_with_one_invalid_item_changes_nothing(running):
+    from vla_steering_node.parameter_client import ParameterClient
+
+    _, client = running
+    before = client.get("steering.up.strength").double_value
+    future = ParameterClient(client.node, NODE).set_async({"steering.up.strength": 3.0, "steering.nope.strength": 1.0})
+    assert wait_for(future.done, 10, client.spin)
+    assert not future.result().result.successful and "nope" in future.result().result.reason
+    assert client.get("steering.up.strength").double_value == before
+
+
 def test_strengths_are_described_with_a_range(running):
     _, client = running
     response = client.call(client.describe_client, DescribeParameters.Request(names=["steering.up.strength"]))
@@ -196,7 +207,11 @@ def bad_images(client):
     tiny = rgb_to_image(client.scene[:4, :4], stamp)
     truncated = rgb_to_image(client.scene, stamp)
     truncated.data = truncated.data[:100]
-    return [mono, tiny, truncated]
+    padded = rgb_to_image(client.scene, stamp)  # more data than its header says
+    padded.data = bytes(padded.data) + b"\0" * 300
+    future = rgb_to_image(client.scene, stamp)
+    future.header.stamp.sec += 86400  # a day ahead
+    return [mono, tiny, truncated, padded, future]
 
 
 def test_bad_inputs_publish_nothing_and_are_reported(running):
@@ -214,20 +229,41 @@ def test_bad_inputs_publish_nothing_and_are_reported(running):
     wait_for(lambda: False, 0.7, client.spin)
     assert all(np.all(np.isfinite(trajectory_actions(a))) for a in client.actions)
     client.compressed.publish(CompressedImage(format="jpeg", data=b"not a jpeg"))
-    assert wait_for(lambda: rejected() >= start + 5, 5, client.spin), client.diagnostics[-1]
+    many = JointState(name=[], position=[0.0] * 1000)
+    many.header.stamp = client.stamp()
+    client.joints.publish(many)
+    assert wait_for(lambda: rejected() >= start + 8, 5, client.spin), client.diagnostics[-1]
     assert process.alive()
     client.act()
 
 
-def test_empty_instruction_stops_actions_until_a_real_one(running):
+def diagnostic(client, key: str) -> int:
+    return max([int({kv.key: kv.value for kv in d.status[0].values}.get(key, 0))
+                for d in client.diagnostics if d.status and "inference" in d.status[0].name] + [0])
+
+
+def test_an_empty_or_overlong_instruction_keeps_the_last_good_one(running):
+    process, client = running
+    start = diagnostic(client, "rejected_inputs")
+    for text in ("   ", "move up " * 12_500):  # blank, and 100 kB
+        client.instruction.publish(String(data=text))
+        wait_for(lambda: False, 0.5, client.spin)
+        client.act()  # still answered, with the last good instruction ("move left")
+    assert wait_for(lambda: diagnostic(client, "rejected_inputs") >= start + 2, 5, client.spin)  # both refused
+    assert process.alive()
+
+
+def test_a_re_sent_observation_is_answered_once(running):
+    """A bridge sends an unanswered observation again each second; a slow policy must not run twice on it."""
     _, client = running
-    client.instruction.publish(String(data="   "))
-    wait_for(lambda: False, 0.5, client.spin)
-    client.publish_observation()
-    assert no_action_within(client, 1.0)
-    client.instruction.publish(String(data="move left"))
-    wait_for(lambda: False, 0.5, client.spin)
-    client.act()
+    answered = client.act()
+    stamp = answered.header.stamp
+    for _ in range(3):  # the same observation again, as a bridge re-sends it
+        client.images["agentview"].publish(rgb_to_image(client.scene, stamp))
+        wait_for(lambda: False, 0.4, client.spin)
+    assert sum(1 for a in client.actions if a.header.stamp == stamp) == 1
+    assert wait_for(lambda: diagnostic(client, "repeated_observations") >= 1, 3, client.spin)
+    client.act()  # a new observation is answered as usual
 
 
 def test_a_latched_instruction_is_state_not_a_stream(running):

@@ -22,6 +22,10 @@ MIN_IMAGE_SIDE = 8
 MAX_IMAGE_SIDE = 4096
 
 
+MAX_JOINTS = 64  # more positions than any arm has: a malformed message
+MAX_INSTRUCTION_CHARS = 1000  # an instruction is a sentence; inference cost grows with its length
+
+
 class InputError(ValueError):
     """A message the node must not act on."""
 
@@ -32,9 +36,9 @@ def image_to_rgb(msg: Image) -> np.ndarray:
         raise InputError(f"image encoding {msg.encoding!r} is not supported; publish rgb8 or bgr8")
     if not (MIN_IMAGE_SIDE <= msg.height <= MAX_IMAGE_SIDE and MIN_IMAGE_SIDE <= msg.width <= MAX_IMAGE_SIDE):
         raise InputError(f"image size {msg.width}x{msg.height} is outside {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} pixels")
-    if msg.step < msg.width * 3 or len(msg.data) < msg.step * msg.height:
-        raise InputError(f"image data ({len(msg.data)} bytes, step {msg.step}) does not hold "
-                         f"{msg.width}x{msg.height} pixels of 3 bytes")
+    if msg.step < msg.width * 3 or len(msg.data) != msg.step * msg.height:
+        raise InputError(f"image data ({len(msg.data)} bytes, step {msg.step}) is not the "
+                         f"{msg.width}x{msg.height} pixels of 3 bytes its header says")
     rows = np.frombuffer(bytes(msg.data), np.uint8, count=msg.step * msg.height).reshape(msg.height, msg.step)
     image = rows[:, : msg.width * 3].reshape(msg.height, msg.width, 3)
     return np.ascontiguousarray(image[..., ::-1] if msg.encoding == "bgr8" else image)
@@ -66,10 +70,12 @@ def rgb_to_image(rgb: np.ndarray, stamp: Time, frame_id: str = "camera") -> Imag
 
 
 def joint_positions(msg: JointState) -> np.ndarray:
-    """Positions as a finite float vector (NaN / inf refused)."""
+    """Positions as a finite float vector (NaN / inf, none or more than MAX_JOINTS refused)."""
     positions = np.asarray(msg.position, np.float64)
     if positions.size == 0:
         raise InputError("joint state has no positions")
+    if positions.size > MAX_JOINTS:
+        raise InputError(f"joint state has {positions.size} positions; at most {MAX_JOINTS}")
     if len(msg.name) not in (0, positions.size):
         raise InputError(f"joint state has {len(msg.name)} names for {positions.size} positions")
     if not np.all(np.isfinite(positions)):
@@ -132,5 +138,15 @@ def steering_state_message(state: SteeringState | None, stamp: Time, node_name: 
 
 
 def trajectory_actions(msg: JointTrajectory) -> np.ndarray:
-    """(T, D) actions back from a JointTrajectory (for bridges and bag analysis)."""
-    return np.array([list(p.positions) for p in msg.points], np.float64).reshape(len(msg.points), -1)
+    """(T, D) actions back from a JointTrajectory (for bridges and bag analysis).
+
+    Raises:
+        InputError: a chunk with no points, or with points of different lengths.
+    """
+    rows = [list(p.positions) for p in msg.points]
+    widths = sorted({len(row) for row in rows})
+    if not rows or widths == [0]:
+        raise InputError("action chunk has no points (or only empty ones)")
+    if len(widths) != 1:
+        raise InputError(f"action chunk has points of lengths {widths}; expected one length")
+    return np.array(rows, np.float64)

@@ -35,6 +35,7 @@ from vla_steering.dictionaries import DictionaryError, load_dictionary
 from vla_steering.policies import POLICY_OPTIONS, ObservationError, PolicyOutputError, make_policy, steer
 from vla_steering_node import process, steering_parameters
 from vla_steering_node.conversions import (
+    MAX_INSTRUCTION_CHARS,
     InputError,
     chunk_to_trajectory,
     compressed_to_rgb,
@@ -76,6 +77,7 @@ class Counters:
         self.rejected_inputs = 0
         self.not_ready = 0
         self.policy_errors = 0
+        self.clipped_actions = 0  # chunks with values outside the action space, clipped
         self.latencies_ms: deque[float] = deque(maxlen=200)
         self.action_times: deque[float] = deque(maxlen=50)
         self.last_problem = ""
@@ -94,6 +96,11 @@ class VlaSteeringNode(Node):
         self.counters = Counters()
         self.declare_parameters_and_load()
         self.buffer = ObservationBuffer(self.cameras, int(self.get_parameter("stale_after_s").value * 1e9))
+        initial = self.get_parameter("instruction").value
+        if initial and len(initial) <= MAX_INSTRUCTION_CHARS:
+            self.buffer.put_instruction(initial)
+        elif initial:
+            raise ValueError(f"instruction parameter of {len(initial)} characters (at most {MAX_INSTRUCTION_CHARS})")
 
         for camera in self.cameras:
             self.create_subscription(Image, f"camera/{camera}/image_raw",
@@ -133,6 +140,7 @@ class VlaSteeringNode(Node):
         self.declare_parameter("execute_steps", 0, ParameterDescriptor(
             description="publish only the first n steps of each chunk (replan after them); 0 = whole chunk"))
         self.declare_parameter("stale_after_s", 1.0, read_only("images / state older than this are refused"))
+        self.declare_parameter("instruction", "", read_only("the task until one arrives on the instruction topic"))
         for option, default in POLICY_OPTION_DEFAULTS.items():
             takers = [f"{name}: {options[option]}" for name, options in POLICY_OPTIONS.items() if option in options]
             self.declare_parameter(option, default, read_only("; ".join(takers)))
@@ -175,13 +183,22 @@ class VlaSteeringNode(Node):
         self.counters.problem("rejected_inputs", text)
         self.get_logger().warning(text, throttle_duration_sec=2.0)
 
+    def from_the_future(self, what: str, msg) -> bool:
+        """Refuse (True) a message stamped further ahead of the node's clock than ``stale_after_s``."""
+        ahead = (_stamp_ns(msg) - self.get_clock().now().nanoseconds) / 1e9
+        if ahead > self.get_parameter("stale_after_s").value:
+            self.reject(f"{what}: stamped {ahead:.1f} s in the future")
+            return True
+        return False
+
     def on_image(self, camera: str, msg: Image | CompressedImage) -> None:
         try:
             rgb = image_to_rgb(msg) if isinstance(msg, Image) else compressed_to_rgb(msg)
         except InputError as error:
             self.reject(f"camera {camera}: {error}")
             return
-        self.buffer.put_image(camera, rgb, _stamp_ns(msg))
+        if not self.from_the_future(f"camera {camera}", msg):
+            self.buffer.put_image(camera, rgb, _stamp_ns(msg))
 
     def on_joint_state(self, msg: JointState) -> None:
         try:
@@ -194,15 +211,20 @@ class VlaSteeringNode(Node):
         except InputError as error:
             self.reject(f"joint_states: {error}")
             return
-        self.buffer.put_state(state, _stamp_ns(msg))
+        if not self.from_the_future("joint_states", msg):
+            self.buffer.put_state(state, _stamp_ns(msg))
 
     def on_ee_pose(self, msg: PoseStamped) -> None:
         self._last_pose = msg
 
     def on_instruction(self, msg: String) -> None:
-        if not msg.data.strip():
-            self.reject("instruction is empty; keeping no instruction until a non-empty one arrives")
-        self.buffer.put_instruction(msg.data)
+        if len(msg.data) > MAX_INSTRUCTION_CHARS:
+            self.reject(f"instruction of {len(msg.data)} characters refused (at most {MAX_INSTRUCTION_CHARS}); "
+                        "keeping the last one")
+            return
+        if not self.buffer.put_instruction(msg.data):
+            self.reject("instruction is empty; keeping the last non-empty one")
+            return
         self.get_logger().info(f"instruction: {msg.data!r}")
 
     # ------------------------------------------------------------------ inference
@@ -227,7 +249,10 @@ class VlaSteeringNode(Node):
             return False
         steps = self.get_parameter("execute_steps").value
         if steps:
-            chunk = type(chunk)(chunk.actions[:steps], chunk.space, chunk.steering)
+            chunk = type(chunk)(chunk.actions[:steps], chunk.space, chunk.steering, chunk.clipped)
+        if chunk.clipped:
+            self.counters.problem("clipped_actions", f"{chunk.clipped} action values outside "
+                                                     f"[{chunk.space.low}, {chunk.space.high}] clipped")
         stamp = Time(nanoseconds=stamp_ns).to_msg()
         period = 1.0 / self.get_parameter("control_rate_hz").value
         self.action_pub.publish(chunk_to_trajectory(chunk, stamp, period))
@@ -246,8 +271,10 @@ class VlaSteeringNode(Node):
             rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
             values = {"actions_published": c.actions, "inference_latency_ms_p50": f"{latency:.1f}",
                       "action_rate_hz": f"{rate:.2f}", "dropped_observations": self.buffer.dropped,
+                      "repeated_observations": self.buffer.repeats,
                       "rejected_inputs": c.rejected_inputs, "not_ready": c.not_ready,
-                      "policy_errors": c.policy_errors, "last_problem": c.last_problem}
+                      "policy_errors": c.policy_errors, "clipped_actions": c.clipped_actions,
+                      "last_problem": c.last_problem}
             problems = c.rejected_inputs + c.policy_errors
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -4,7 +4,9 @@ A backend subclasses :class:`Policy`: it declares its ``action_space`` and expos
 ``model``, the ``nn.Module`` whose forward is one inference call and which the
 steering hooks attach to, and implements :meth:`Policy.predict`.
 :class:`SteeredPolicy` checks inputs, pins one steering plan for the whole
-prediction (every decode or denoising step inside it), and checks outputs.
+prediction (every decode or denoising step inside it), and checks outputs: a wrong
+shape or a non-finite value is an error, values outside the action space's bounds are
+clipped to them and counted.
 """
 
 from __future__ import annotations
@@ -84,11 +86,13 @@ class Observation:
 
 @dataclass(frozen=True)
 class ActionChunk:
-    """(T, D) actions to execute in order, and the steering applied to compute them."""
+    """(T, D) actions to execute in order, the steering applied to compute them, and how many of the
+    policy's values lay outside the action space's bounds (clipped to them)."""
 
     actions: np.ndarray
     space: ActionSpace
     steering: SteeringState | None = None
+    clipped: int = 0
 
 
 class Policy(ABC):
@@ -138,4 +142,5 @@ class SteeredPolicy:
             raise PolicyOutputError(f"policy returned shape {actions.shape}; expected (T, {space.dim})")
         if not np.all(np.isfinite(actions)):
             raise PolicyOutputError("policy returned non-finite actions")
-        return ActionChunk(actions, space, state)
+        outside = int(np.count_nonzero((actions < space.low) | (actions > space.high)))
+        return ActionChunk(np.clip(actions, space.low, space.high), space, state, outside)
