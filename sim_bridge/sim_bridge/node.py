@@ -44,7 +44,7 @@ from sim_bridge.libero_env import (
     check_action,
 )
 from vla_steering_node import process
-from vla_steering_node.conversions import rgb_to_image, trajectory_actions
+from vla_steering_node.conversions import InputError, rgb_to_image, trajectory_actions
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 EVENTS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
@@ -166,8 +166,10 @@ class SimBridge(Node):
             return None
         try:
             return trajectory_actions(msg)
-        except ValueError:
-            return np.zeros((0, 7))
+        except InputError as error:  # refused and counted; the sim still advances (one no-op step)
+            self.rejected_actions += 1
+            self.get_logger().warning(f"action chunk refused: {error}; no-op step", throttle_duration_sec=2.0)
+            return NO_OP[None]
 
     def run_episode(self, init_state: int) -> str:
         self.no_op_steps = self.clipped_actions = self.rejected_actions = 0
