@@ -78,19 +78,46 @@ class BagMessage:
     message: object  # a rosbags dataclass with the ROS message's fields
 
 
-def read_bag(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[BagMessage]:
-    """Messages in recording order (deserialised)."""
+ANCHOR_TOPIC = "/action_chunk"  # every recorded run has it; its prefix is the run's namespace
+
+
+def bag_namespace(topics: Sequence[str]) -> str:
+    """The namespace a run was recorded under ("" or e.g. "/robot1"), from its action topic.
+
+    Raises:
+        BagError: when the bag holds the action topics of several namespaces.
+    """
+    namespaces = sorted({t[: -len(ANCHOR_TOPIC)] for t in topics if t.endswith(ANCHOR_TOPIC)})
+    if len(namespaces) > 1:
+        raise BagError(f"the bag holds runs of several namespaces {namespaces}; read one with namespace=")
+    return namespaces[0] if namespaces else ""
+
+
+def read_bag(path: str | Path, topics: Sequence[str] | None = None,
+             namespace: str | None = None) -> Iterator[BagMessage]:
+    """Messages in recording order (deserialised), with topics relative to the run's namespace.
+
+    A run recorded under a namespace (``/robot1/ee_pose``) reads as ``/ee_pose``; global topics
+    (``/diagnostics``, ``/clock``) as they are. ``namespace`` None: found from the bag
+    (:func:`bag_namespace`); ``topics`` are relative names.
+    """
     path = Path(path)
     if not (path / "metadata.yaml").exists():
         raise BagError(f"{path} is not a closed rosbag2 bag (no metadata.yaml)")
     with Reader(path) as reader:
-        connections = [c for c in reader.connections if topics is None or c.topic in topics]
+        prefix = bag_namespace([c.topic for c in reader.connections]) if namespace is None else \
+            ("/" + namespace.strip("/") if namespace.strip("/") else "")
+
+        def relative(topic: str) -> str:
+            return topic[len(prefix):] if prefix and topic.startswith(prefix + "/") else topic
+
+        connections = [c for c in reader.connections if topics is None or relative(c.topic) in topics]
         for connection, timestamp, raw in reader.messages(connections=connections):
-            yield BagMessage(connection.topic, connection.msgtype, timestamp,
+            yield BagMessage(relative(connection.topic), connection.msgtype, timestamp,
                              TYPESTORE.deserialize_cdr(raw, connection.msgtype))
 
 
 def bag_counts(path: str | Path) -> dict[str, int]:
-    """Message count per topic, from the bag's metadata."""
+    """Message count per topic (as recorded, namespace included), from the bag's metadata."""
     with Reader(Path(path)) as reader:
         return {c.topic: c.msgcount for c in reader.connections}
