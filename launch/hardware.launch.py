@@ -29,6 +29,7 @@ ARGUMENTS = {
     "record": ("true", "record a rosbag2 (MCAP) bag", ["true", "false"]),
     "output_dir": ("bags", "where bags go"),
     "namespace": ("", "namespace for all nodes"),
+    "instruction": ("", "the robot's task until one arrives on the instruction topic"),
 }
 
 

@@ -383,7 +383,6 @@ def test_a_failing_gripper_is_reported_and_never_holds_up_the_arm(rig):
 def test_hardware_flow_against_the_emulator(tmp_path):
     """What hardware.launch.py starts with emulate:=true: emulator, driver (+ camera), steering node, recorder."""
     import cv2
-    from std_msgs.msg import String
 
     from vla_steering.bags import bag_counts
     from vla_steering.policies.demo_vla import render_scene
@@ -396,7 +395,8 @@ def test_hardware_flow_against_the_emulator(tmp_path):
         writer.write(render_scene("left", "red", rng)[..., ::-1])
     writer.release()
     processes, nodes = bringup.hardware(emulate=True, dry_run=False, camera=str(video),
-                                        output_dir=str(tmp_path / "bags"), strengths="up=2.0")
+                                        output_dir=str(tmp_path / "bags"), strengths="up=2.0",
+                                        instruction="move left")  # the task as a launch argument
     assert [p.module for p in processes] == ["ur5_driver.emulator"]
     assert [n.module for n in nodes] == ["ur5_driver.node", "vla_steering_node.node", "vla_steering_node.recorder"]
     assert nodes[0].parameters["dry_run"] is False and nodes[0].parameters["robot_ip"] == "127.0.0.1"
@@ -406,10 +406,6 @@ def test_hardware_flow_against_the_emulator(tmp_path):
     assert wait_for(lambda: port_open(30004) and port_open(29999), 30)
     started += [NodeProcess(n.module, DOMAIN, log=tmp_path / f"{n.name}.log", ros_args=n.ros_args()) for n in nodes]
     client = Client()
-    instruction = client.node.create_publisher(String, "instruction", rclpy.qos.QoSProfile(
-        depth=1, reliability=rclpy.qos.ReliabilityPolicy.RELIABLE,
-        durability=rclpy.qos.DurabilityPolicy.TRANSIENT_LOCAL))
-    instruction.publish(String(data="move left"))
     log = tmp_path / "bags" / "emulator_commands.jsonl"
     try:
         assert wait_for(lambda: len([e for e in commands(log) if e["command"] == "servoL"]) > 50, 120,

@@ -107,7 +107,7 @@ def hardware(robot_ip: str = "", ur_type: str = "ur5", dry_run: bool = True, lim
              emulate: bool = False, camera: str = "", gripper: str = "", policy: str = "", checkpoint: str = "",
              dictionary: str = "",
              strengths: str = "", record: bool = True, output_dir: str = "bags",
-             namespace: str = "") -> tuple[list[ProcessSpec], list[NodeSpec]]:
+             namespace: str = "", instruction: str = "") -> tuple[list[ProcessSpec], list[NodeSpec]]:
     """The hardware flow: [emulator,] UR5 driver, steering node, [recorder]."""
     from ur5_driver.gripper import GripperConfig
 
@@ -130,7 +130,8 @@ def hardware(robot_ip: str = "", ur_type: str = "ur5", dry_run: bool = True, lim
         params["gripper"] = gripper
     driver = NodeSpec("ur5_driver", "ur5_driver", "ur5_driver.node", "ur5_driver", namespace, params)
     steering = steering_node(namespace=namespace, policy=policy, checkpoint=checkpoint, cameras=["agentview"],
-                             state_source="joints", **{"steering.dictionary": dictionary}, **parse_strengths(strengths))
+                             state_source="joints", instruction=instruction, **{"steering.dictionary": dictionary},
+                             **parse_strengths(strengths))
     nodes = [driver, steering]
     if record:
         nodes.append(recorder(output_dir, "", False, namespace))

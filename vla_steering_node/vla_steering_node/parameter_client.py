@@ -1,9 +1,12 @@
-"""Set another node's parameters through its SetParameters service (what `ros2 param set` calls)."""
+"""Set another node's parameters together, all or none, through its SetParametersAtomically service.
+
+(``ros2 param set`` calls the SetParameters service with one parameter; a batch sent there is
+applied parameter by parameter, so one invalid item would not stop the others.)"""
 
 from __future__ import annotations
 
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
+from rcl_interfaces.srv import SetParametersAtomically
 from rclpy.node import Node
 from rclpy.task import Future
 
@@ -20,10 +23,10 @@ def parameter_value(value) -> ParameterValue:
 
 class ParameterClient:
     def __init__(self, node: Node, target: str):
-        self.client = node.create_client(SetParameters, f"{target.rstrip('/')}/set_parameters")
+        self.client = node.create_client(SetParametersAtomically, f"{target.rstrip('/')}/set_parameters_atomically")
 
     def set_async(self, values: dict) -> Future:
-        """Send one SetParameters request (the node applies the set atomically); returns its future."""
-        request = SetParameters.Request(parameters=[Parameter(name=k, value=parameter_value(v))
-                                                    for k, v in values.items()])
+        """Send one atomic set (applied all together, or refused with one reason); returns its future."""
+        request = SetParametersAtomically.Request(parameters=[Parameter(name=k, value=parameter_value(v))
+                                                              for k, v in values.items()])
         return self.client.call_async(request)
