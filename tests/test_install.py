@@ -19,6 +19,17 @@ def test_installed_modules_import_outside_the_source_tree(tmp_path):
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
+CHECK = Path(__file__).resolve().parent / "installed_bringup_check.py"
+
+
+def test_the_launch_files_bringup_finds_every_file_from_the_install(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AMENT_PREFIX_PATH")}
+    script = tmp_path / CHECK.name
+    script.write_text(CHECK.read_text())  # run from outside the source tree
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and "site-packages" in result.stdout, result.stdout + result.stderr[-2000:]
+
+
 def test_ament_index_share_and_executables():
     prefix = Path(sys.prefix)
     for package in PACKAGES:

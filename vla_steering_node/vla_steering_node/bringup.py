@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+from vla_steering_node.share import share_file
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def read_parameters_file(path: str | Path, node_name: str) -> dict:
 def steering_node(params_file: str | Path | None = None, namespace: str = "", use_sim_time: bool = False,
                   **overrides) -> NodeSpec:
     """vla_steering_node with its parameters file, then launch-argument overrides (empty ones ignored)."""
-    params = read_parameters_file(params_file or CONFIG_DIR / "steering_node.yaml", "vla_steering_node")
+    params = read_parameters_file(params_file or share_file("config/steering_node.yaml"), "vla_steering_node")
     params.update({k: v for k, v in overrides.items() if v not in ("", None)})
     params["use_sim_time"] = bool(use_sim_time)
     return NodeSpec("vla_steering_node", "vla_steering_node", "vla_steering_node.node", "vla_steering_node",
@@ -121,7 +121,7 @@ def hardware(robot_ip: str = "", ur_type: str = "ur5", dry_run: bool = True, lim
                                                                               else []))))
     if not robot_ip:
         raise ValueError("robot_ip is required (or emulate:=true)")
-    params = read_parameters_file(limits_file or CONFIG_DIR / "ur5_driver.yaml", "ur5_driver")
+    params = read_parameters_file(limits_file or share_file("config/ur5_driver.yaml"), "ur5_driver")
     params.update(robot_ip=robot_ip, dry_run=bool(dry_run), servo_rate_hz=500.0 if ur_type == "ur5e" else 125.0)
     if camera:
         params["camera"] = camera

@@ -12,11 +12,9 @@ declared read-only: a set is refused, not silently ignored.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -45,6 +43,7 @@ from vla_steering_node.conversions import (
     steering_state_message,
 )
 from vla_steering_node.observation_buffer import NotReady, ObservationBuffer
+from vla_steering_node.share import share_file
 
 # the backends' loader options as read-only parameters ("" = the backend's default)
 POLICY_OPTION_DEFAULTS = {"unnorm_key": "", "center_crop_scale": 1.0, "dtype": "bfloat16", "seed": 0, "tokenizer": "",
@@ -54,18 +53,8 @@ INSTRUCTION_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 
 
 def default_dictionary() -> str:
-    """The demo VLA's dictionary: the ament index's share/ first, then this environment's
-    share/ (the pip path, where AMENT_PREFIX_PATH is usually unset), then the source tree."""
-    name = Path("config") / "demo_vla_dictionary.yaml"
-    candidates = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory("vla_steering_node")) / name)
-    except (ImportError, LookupError, OSError):  # not installed, or AMENT_PREFIX_PATH unset
-        pass
-    candidates += [Path(sys.prefix) / "share" / "vla_steering_node" / name, Path(__file__).resolve().parents[1] / name]
-    return str(next((c for c in candidates if c.exists()), candidates[-1]))
+    """The demo VLA's dictionary, where the package's data is installed (:mod:`vla_steering_node.share`)."""
+    return str(share_file("config/demo_vla_dictionary.yaml"))
 
 
 class Counters:
