@@ -153,14 +153,18 @@ class SafetyFilter:
         """A stream starts from rest: forget the last commanded velocity and joints."""
         self.velocity, self.here = np.zeros(6), None
 
+    def _wall_limits(self, current: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per axis, the lowest and highest linear velocity from which the arm still stops before a wall."""
+        lim = self.limits
+        a_axis = lim.max_linear_accel * AXIS_SHARE
+        bottom = -np.array([braking_speed(d, a_axis, dt) for d in current[:3] - np.asarray(lim.workspace_min)])
+        top = np.array([braking_speed(d, a_axis, dt) for d in np.asarray(lim.workspace_max) - current[:3]])
+        return bottom, top
+
     def _feasible(self, wanted: np.ndarray, current: np.ndarray, dt: float) -> np.ndarray:
         """The velocity closest to ``wanted`` within the acceleration, speed and wall limits."""
         lim = self.limits
-        low = np.asarray(lim.workspace_min) - current[:3]  # signed distances to the walls
-        high = np.asarray(lim.workspace_max) - current[:3]
-        a_axis = lim.max_linear_accel * AXIS_SHARE
-        top = np.array([braking_speed(d, a_axis, dt) for d in high])
-        bottom = -np.array([braking_speed(-d, a_axis, dt) for d in low])
+        bottom, top = self._wall_limits(current, dt)
         linear_speed = min(lim.max_linear_speed, lim.max_step_translation / dt)
         v = wanted[:3].copy()
         for _ in range(20):  # alternating projections onto the convex limits
@@ -182,11 +186,8 @@ class SafetyFilter:
         if np.linalg.norm(wanted[:3] - self.velocity[:3]) > lim.max_linear_accel * dt or \
                 np.linalg.norm(wanted[3:] - self.velocity[3:]) > lim.max_angular_accel * dt:
             reasons.append("the acceleration limit")
-        low = np.asarray(lim.workspace_min) - current[:3]
-        high = np.asarray(lim.workspace_max) - current[:3]
-        a_axis = lim.max_linear_accel * AXIS_SHARE
-        if any(v > braking_speed(h, a_axis, dt) or -v > braking_speed(-lo, a_axis, dt)
-               for v, lo, h in zip(wanted[:3], low, high)):
+        bottom, top = self._wall_limits(current, dt)
+        if np.any(wanted[:3] > top) or np.any(wanted[:3] < bottom):
             reasons.append("braking for a workspace wall")
         return " and ".join(reasons) or "the limits together"
 
