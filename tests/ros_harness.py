@@ -35,7 +35,7 @@ class NodeProcess:
     """A node started as `python -m module --ros-args ...`; stopped with SIGINT, killed if it hangs."""
 
     def __init__(self, module: str, domain_id: int, params: dict | None = None, log: Path | None = None,
-                 ros_args: list[str] | None = None):
+                 ros_args: list[str] | None = None, preexec_fn=None):
         args = [sys.executable, "-m", module]
         if ros_args is not None:
             args += ros_args
@@ -45,7 +45,8 @@ class NodeProcess:
                 args += ["-p", f"{key}:={_ros_value(value)}"]
         self.log_path = log
         self._log = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(args, env=ros_env(domain_id), stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(args, env=ros_env(domain_id), stdout=self._log, stderr=subprocess.STDOUT,
+                                        preexec_fn=preexec_fn)
 
     def alive(self) -> bool:
         return self.process.poll() is None

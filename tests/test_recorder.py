@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -108,3 +109,59 @@ def test_one_bag_per_episode(node, tmp_path):
     assert [bag_counts(b)["/action_chunk"] for b in bags] == [5, 6]
     assert [bag_counts(b)["/episode_events"] for b in bags] == [2, 2]
     assert "every received message written" in process.output()
+
+
+def publish_actions(node, process, count: int, pause_s: float = 0.0) -> None:
+    actions = node.create_publisher(JointTrajectory, "action_chunk", QoSProfile(depth=200))
+    assert wait_for(lambda: actions.get_subscription_count() > 0, 60), process.output()
+    for i in range(count):
+        actions.publish(action(i))
+        spin(node, pause_s)
+    spin(node, 1.5)
+
+
+def recorded_stamps(bag) -> list[int]:
+    return [m.message.header.stamp.sec for m in read_bag(bag, ["/action_chunk"])]
+
+
+def test_a_second_sigint_waits_for_the_close(node, tmp_path):
+    process = start(tmp_path)
+    publish_actions(node, process, 200)
+    while process.alive():  # Ctrl-C held down: signals all through the shutdown and the bag's close
+        process.process.send_signal(signal.SIGINT)
+        time.sleep(0.001)
+    assert process.stop() == 0, process.output()
+    assert recorded_stamps(tmp_path / "bag") == list(range(200)), process.output()
+    assert "Traceback" not in process.output() and "KeyboardInterrupt" not in process.output()
+
+
+def test_a_killed_recording_is_recovered_by_reindex(node, tmp_path):
+    from vla_steering.cli import main as cli
+
+    process = start(tmp_path)
+    publish_actions(node, process, 150)
+    assert process.stop(sig=signal.SIGKILL) == -signal.SIGKILL
+    bag = tmp_path / "bag"
+    assert not (bag / "metadata.yaml").exists()
+    assert cli(["reindex", str(bag)]) == 0
+    assert recorded_stamps(bag) == list(range(150))  # every message the recorder had written
+    assert cli(["reindex", str(bag)]) == 0 and bag_counts(bag)["/action_chunk"] == 150  # a closed bag: unchanged
+
+
+def test_a_full_disk_keeps_every_message_written_before_it(node, tmp_path):
+    import resource
+
+    from vla_steering.bags import reindex
+
+    def small_disk():  # the recorder's files may not grow past 40 kB: writes then fail as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    process = NodeProcess("vla_steering_node.recorder", DOMAIN, {"output_dir": str(tmp_path), "bag_name": "bag"},
+                          log=tmp_path / "bag.log", preexec_fn=small_disk)
+    publish_actions(node, process, 300, pause_s=0.005)
+    assert process.stop() == 0, process.output()
+    output = process.output()
+    assert "could not write" in output and "vla-steer reindex" in output, output
+    stamps = list(reindex(tmp_path / "bag").values()) and recorded_stamps(tmp_path / "bag")
+    assert 50 < len(stamps) < 300 and stamps == list(range(len(stamps)))  # a prefix, none torn, none lost
+    assert f"/action_chunk {len(stamps)}" in output  # exactly what the recorder said it had written

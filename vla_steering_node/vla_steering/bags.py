@@ -4,17 +4,27 @@ Bags are directories with ``metadata.yaml`` and one ``.mcap`` file, readable by
 ``ros2 bag info/play`` on a distro and by Foxglove. Messages are stored as the CDR bytes that
 DDS delivered, so recording never re-serialises. Message definitions come from rosbags'
 ROS 2 Jazzy type store.
+
+Nothing written is lost to a fault: every message is on disk when ``write`` returns (its own
+MCAP chunk, flushed), so a recording killed (SIGKILL, power to the process) or stopped by a full
+disk holds every message written before the fault; :func:`reindex` (``vla-steer reindex``,
+like ``ros2 bag reindex``) makes such a bag readable again.
 """
 
 from __future__ import annotations
 
 import shutil
+import struct
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from mcap.exceptions import InvalidMagic, McapError
+from mcap.records import Channel, Message, Schema
+from mcap.stream_reader import StreamReader
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
@@ -41,7 +51,12 @@ def check_writable(directory: Path, min_free_bytes: int = 64 * 2**20) -> None:
 
 
 class BagWriter:
-    """Thread-safe writer of serialized messages into one new MCAP bag; counts what it wrote."""
+    """Thread-safe writer of serialized messages into one new MCAP bag; counts what it wrote.
+
+    Each message is its own chunk, flushed to the file before ``write`` returns (rosbags buffers
+    a MiB otherwise). After a write error (disk full) the bag takes no more messages: what is in
+    the file stays readable through :func:`reindex`.
+    """
 
     def __init__(self, path: Path, topics: Sequence[tuple[str, str]]):
         if path.exists():
@@ -55,19 +70,49 @@ class BagWriter:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.closed = False
+        self.fault: OSError | None = None
 
     def write(self, topic: str, timestamp_ns: int, data: bytes) -> None:
+        """Write one message through to the file.
+
+        Raises:
+            BagError: the bag is closed, or an earlier write failed.
+            OSError: this write failed (the bag takes no more).
+        """
         with self._lock:
-            if self.closed:
-                raise BagError(f"bag {self.path} is closed")
-            self._writer.write(self._connections[topic], timestamp_ns, data)
+            if self.closed or self.fault is not None:
+                raise BagError(f"bag {self.path} is {'closed' if self.closed else f'stopped: {self.fault}'}")
+            try:
+                self._writer.write(self._connections[topic], timestamp_ns, data)
+                storage = self._writer.storage  # rosbags' McapWriter (pinned version): end the chunk, flush it
+                storage.close_chunk()
+                storage.bio.flush()
+            except OSError as error:
+                self.fault = error
+                raise
             self.counts[topic] += 1
 
     def close(self) -> None:
+        """Write the summary and metadata.yaml; a no-op when closed. A bag whose writing failed is
+        left for :func:`reindex` (closing it could only fail again).
+
+        Raises:
+            BagError: the summary could not be written (the messages stay in the file: reindex).
+        """
         with self._lock:
-            if not self.closed:
-                self._writer.close()
-                self.closed = True
+            if self.closed:
+                return
+            self.closed = True
+            if self.fault is None:
+                try:
+                    self._writer.close()
+                    return
+                except OSError as error:
+                    self.fault = error
+            with suppress(OSError):
+                self._writer.storage.bio.close()
+            raise BagError(f"bag {self.path} was not closed ({self.fault}); its {sum(self.counts.values())} "
+                           f"messages are in the file: `vla-steer reindex {self.path}` makes it readable")
 
 
 @dataclass(frozen=True)
@@ -121,3 +166,50 @@ def bag_counts(path: str | Path) -> dict[str, int]:
     """Message count per topic (as recorded, namespace included), from the bag's metadata."""
     with Reader(Path(path)) as reader:
         return {c.topic: c.msgcount for c in reader.connections}
+
+
+def reindex(path: str | Path) -> dict[str, int]:
+    """Make a bag whose recording did not close (killed, disk full) readable: every complete
+    message in its MCAP file is rewritten into a closed bag in place (summary and metadata.yaml),
+    a torn last record dropped. A closed bag is left as it is. Returns the message count per topic.
+
+    Raises:
+        BagError: ``path`` holds no single MCAP file, or it is not an MCAP recording.
+    """
+    path = Path(path)
+    if (path / "metadata.yaml").exists():
+        return bag_counts(path)
+    files = sorted(path.glob("*.mcap"))
+    if len(files) != 1:
+        raise BagError(f"{path} holds {len(files)} .mcap files; a bag to reindex holds one")
+    schemas: dict[int, str] = {}
+    channels: dict[int, tuple[str, str]] = {}
+    for record in _complete_records(files[0]):  # first pass: the topics
+        if isinstance(record, Schema):
+            schemas[record.id] = record.name
+        elif isinstance(record, Channel):
+            channels[record.id] = (record.topic, schemas[record.schema_id])
+    staging = path.parent / f".{path.name}.reindexing"
+    shutil.rmtree(staging, ignore_errors=True)
+    bag = BagWriter(staging / path.name, list(channels.values()))
+    for record in _complete_records(files[0]):  # second pass: the messages, streamed
+        if isinstance(record, Message):
+            bag.write(channels[record.channel_id][0], record.log_time, record.data)
+    bag.close()
+    files[0].unlink()
+    for rewritten in (staging / path.name).iterdir():
+        rewritten.replace(path / rewritten.name)
+    shutil.rmtree(staging)
+    return bag_counts(path)
+
+
+def _complete_records(file: Path) -> Iterator[object]:
+    """The MCAP file's records up to the first torn one (where a recording was cut off)."""
+    with file.open("rb") as stream:
+        reader = StreamReader(stream, record_size_limit=2**31).records
+        try:
+            yield from reader
+        except InvalidMagic as error:
+            raise BagError(f"{file} is not an MCAP recording") from error
+        except (McapError, struct.error):
+            return  # torn: a record (or its length) only partly written

@@ -11,6 +11,7 @@ Examples::
         --concept up --strength 2
     vla-steer effect --model smollm2-135m --dictionary artifacts/up.yaml --concept up --strength 5 \\
         --prompt "The robot lifts the cup"
+    vla-steer reindex bags/run_20261201_120000
 """
 
 from __future__ import annotations
@@ -202,6 +203,15 @@ def cmd_act(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from vla_steering.bags import reindex
+
+    for bag in args.bags:
+        counts = reindex(bag)
+        print(f"{bag}: {sum(counts.values())} messages readable ({', '.join(f'{t} {n}' for t, n in counts.items())})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla-steer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -298,10 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="pi0: local folder of the PaliGemma tokenizer")
     p.add_argument("--asset-id", help="pi0, openpi folders: which assets/<id>/norm_stats.json")
     p.set_defaults(func=cmd_act)
+
+    p = sub.add_parser("reindex", help="make bags whose recording was killed or ran out of disk readable again")
+    p.add_argument("bags", nargs="+", help="bag directories")
+    p.set_defaults(func=cmd_reindex)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vla_steering.bags import BagError
     from vla_steering.policies.base import PolicyOutputError
 
     args = build_parser().parse_args(argv)
@@ -310,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (FileNotFoundError, ImportError, KeyError, ValueError, PolicyOutputError) as error:
+    except (FileNotFoundError, ImportError, KeyError, ValueError, PolicyOutputError, BagError) as error:
         print(f"vla-steer {args.command}: error: {error}", file=sys.stderr)
         return 1
 

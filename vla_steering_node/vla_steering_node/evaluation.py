@@ -7,7 +7,8 @@ set of strengths (``strengths: {up: 2.0}``) or a *live* change (``live: {at_step
 strengths: {up: 2.0}}``: the run starts unsteered and the runner sets the strengths through the
 node's SetParameters service — exactly what ``ros2 param set`` calls — when sim time reaches that
 step). One bag per episode, named ``<suite>_t<task>_i<init>_<condition>``; a finished bag is
-not run again (resumable). Then ``results.csv``, ``success_rate.csv``, plots and ``report.md``.
+not run again (resumable); an interrupted one is made readable, kept aside and its episode run
+again. Then ``results.csv``, ``success_rate.csv``, plots and ``report.md``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from vla_steering.bags import BagError
+from vla_steering.bags import BagError, reindex
 from vla_steering.metrics import episode_from_bag, episode_metrics
 from vla_steering.report import write_report
 from vla_steering_node import bringup
@@ -142,10 +143,11 @@ def run_episode(config: EvalConfig, task: int, init_state: int, condition: Condi
     bag = out / "bags" / name
     if (bag / "metadata.yaml").exists():
         return bag  # resumable: finished episodes are not run again
-    if bag.exists():  # an interrupted run: start it over
-        import shutil
-
-        shutil.rmtree(bag)
+    if bag.exists():  # an interrupted run: keep what it recorded (made readable), run the episode again
+        reindex(bag)
+        kept = bag.with_name(f"{name}.interrupted_{time.strftime('%Y%m%d_%H%M%S')}")
+        bag.rename(kept)
+        print(f"{name}: an interrupted recording was kept as {kept}; running the episode again", file=sys.stderr)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = _env(domain_id)

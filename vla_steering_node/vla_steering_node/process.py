@@ -1,10 +1,14 @@
 """The process shape every node here shares: the executor spins in a background thread while the
 main thread does the node's work; SIGINT / SIGTERM (rclpy's handlers) end both cleanly. An
 exception in a callback is logged with its traceback and handed to the node's ``on_error``; the
-executor goes on serving every other callback (it never dies silently under a live process)."""
+executor goes on serving every other callback (it never dies silently under a live process).
+Once shutting down, further SIGINT / SIGTERM (a double Ctrl-C, the SIGINT ``ros2 launch`` forwards
+to a group already stopping) are noted and do not cut the cleanup short; SIGKILL still ends it."""
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -37,6 +41,8 @@ def run(make_node: Callable[[], Node], work: Callable[[Node], None], startup_err
     """Create the node (exit 1 with the reason on ``startup_errors``), spin it, run ``work(node)`` in
     this thread until it returns or rclpy shuts down, then clean up and exit 0. ``on_error(node, error)``
     hears of every exception a callback raised (the executor itself goes on)."""
+    stopping = threading.Event()
+    _install_signal_handlers(name, stopping)
     rclpy.init(args=args)
     try:
         node = make_node()
@@ -44,9 +50,11 @@ def run(make_node: Callable[[], Node], work: Callable[[Node], None], startup_err
         rclpy.logging.get_logger(name).fatal(f"cannot start: {error}")
         rclpy.try_shutdown()
         raise SystemExit(1) from None
+    except KeyboardInterrupt:  # stopped while starting
+        rclpy.try_shutdown()
+        return
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    stopping = threading.Event()
     spinner = threading.Thread(target=_spin, args=(executor, node, on_error, stopping), daemon=True)
     spinner.start()
     try:
@@ -68,3 +76,24 @@ def run(make_node: Callable[[], Node], work: Callable[[Node], None], startup_err
         if cleanup is not None:
             cleanup(node)
         node.destroy_node()
+        if threading.current_thread() is threading.main_thread():  # done: a late signal must not kill the exit
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _install_signal_handlers(name: str, stopping: threading.Event) -> None:
+    """SIGINT / SIGTERM: the first ends the work (KeyboardInterrupt), later ones are only noted so
+    the cleanup (closing a bag, stopping a robot) runs to its end. Installed before ``rclpy.init``,
+    so rclpy's own handlers (which shut the context down) chain to these."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_signal(signum: int, frame) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            raise KeyboardInterrupt
+        print(f"[{name}] {signal.Signals(signum).name} while shutting down: finishing first (SIGKILL aborts)",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)

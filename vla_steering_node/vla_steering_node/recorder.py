@@ -4,8 +4,10 @@ Every message received is written as the CDR bytes DDS delivered (``raw`` subscr
 the node clock's time (sim time under ``use_sim_time``). ``split: run`` (default) writes one bag;
 ``split: episode`` starts a new bag at each ``start`` episode event, named
 ``<bag_name>_<suite>_t<task>_i<init state>_<time>``. Counts per topic are in the bag's
-metadata. SIGINT / SIGTERM close the bag, so it is always readable; an unwritable or full
-output directory stops the node at start with the reason.
+metadata. SIGINT / SIGTERM close the bag (a second signal waits for the close); every message is
+on disk as soon as it is written, so a killed recorder, or one whose disk filled up, leaves a bag
+that ``vla-steer reindex`` makes readable with every message written before the fault. An
+unwritable or full output directory stops the node at start with the reason.
 """
 
 from __future__ import annotations
@@ -93,10 +95,16 @@ class BagRecorder(Node):
         if event.message != "start":
             return
         path = self.output_dir / _episode_bag_name(self.name, event)
-        self.bag.close()
+        self.close_current()
         self.bag = BagWriter(path, self.topics)
         self.bags.append(self.bag)
         self.get_logger().info(f"episode started: recording into {path}")
+
+    def close_current(self) -> None:
+        try:
+            self.bag.close()
+        except BagError as error:
+            self.get_logger().error(str(error))
 
     def on_message(self, topic: str, data: bytes) -> None:
         self.received[topic] += 1
@@ -120,7 +128,7 @@ def idle(node: BagRecorder) -> None:
 
 
 def close_bag(node: BagRecorder) -> None:
-    node.bag.close()
+    node.close_current()
     written: Counter[str] = Counter()
     for bag in node.bags:
         written.update(bag.counts)
