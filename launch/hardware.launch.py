@@ -1,8 +1,8 @@
-"""ros2 launch vla_steering_node hardware.launch.py robot_ip:=192.168.1.10 [dry_run:=false] [emulate:=true] ...
+"""ros2 launch vla_steer_bringup hardware.launch.py robot_ip:=192.168.1.10 [dry_run:=false] [emulate:=true] ...
 
 UR5 driver (+ OpenCV camera) + steering node + recorder; with emulate:=true, the UR controller
 emulator too. dry_run defaults to true; robot_ip has no default. The node set comes from
-vla_steering_node.bringup.hardware (tested against the emulator without the launch packages).
+vla_steer_bringup.bringup.hardware (tested against the emulator without the launch packages).
 """
 
 import sys
@@ -12,7 +12,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
-from vla_steering_node import bringup
+from vla_steer_bringup import bringup
 
 ARGUMENTS = {
     "robot_ip": ("", "the robot's IP address (required unless emulate:=true)"),

@@ -1,7 +1,7 @@
-"""ros2 launch vla_steering_node sim.launch.py [suite:=libero_10] [task_id:=3] [strengths:=up=2.0] ...
+"""ros2 launch vla_steer_bringup sim.launch.py [suite:=libero_10] [task_id:=3] [strengths:=up=2.0] ...
 
 Steering node + LIBERO bridge (headless, sim time) + bag recorder. The node set and parameters
-come from vla_steering_node.bringup.simulation (tested without the launch packages).
+come from vla_steer_bringup.bringup.simulation (tested without the launch packages).
 """
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
@@ -9,7 +9,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
-from vla_steering_node import bringup
+from vla_steer_bringup import bringup
 
 ARGUMENTS = {
     "suite": ("libero_spatial", "libero_spatial | libero_object | libero_goal | libero_10 | libero_90"),

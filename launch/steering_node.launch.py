@@ -1,6 +1,6 @@
-"""ros2 launch vla_steering_node steering_node.launch.py [policy:=demo] [namespace:=robot1] ...
+"""ros2 launch vla_steer_bringup steering_node.launch.py [policy:=demo] [namespace:=robot1] ...
 
-The steering node alone; what it starts comes from vla_steering_node.bringup (tested without launch).
+The steering node alone; what it starts comes from vla_steer_bringup.bringup (tested without launch).
 """
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -8,7 +8,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
-from vla_steering_node import bringup
+from vla_steer_bringup import bringup
 
 ARGUMENTS = {
     "params_file": ("", "parameters YAML (default: the package's config/steering_node.yaml)"),

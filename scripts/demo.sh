@@ -13,7 +13,7 @@ else
 fi
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
-export PYTHONPATH="$PWD/vla_steering_node:$PWD/sim_bridge${PYTHONPATH:+:$PYTHONPATH}"
 out=${OUT:-artifacts/demo}
-"$PY" -m vla_steering_node.evaluation config/eval_demo.yaml --out "$out"
+# the installed product (setup.sh's pip install, or the Docker image's colcon install), not the source tree
+"$PY" -m vla_steer_bringup.evaluation eval_demo --out "$out"
 echo "videos: $out/videos"

@@ -1,4 +1,4 @@
-"""ament_python build of sim_bridge (colcon); the pip path uses the top-level pyproject.toml."""
+"""ament_python build of sim_bridge (colcon); its executables are in setup.cfg (the pip path: ../setup.py)."""
 
 from setuptools import setup
 
@@ -18,5 +18,4 @@ setup(
     maintainer_email="maintainers@vla-steer.dev",
     description="sim_bridge for vla-steer.",
     license="Apache-2.0",
-    entry_points={"console_scripts": [f"{package_name} = {package_name}.node:main"]},
 )

@@ -4,13 +4,15 @@ the bringup functions of all three launch files resolve every file they name, fr
 from pathlib import Path
 
 import vla_steering_node
-from vla_steering_node import bringup
+from vla_steer_bringup import bringup
 from vla_steering_node.node import default_dictionary
 from vla_steering_node.share import share_file
 
 where = Path(vla_steering_node.__file__).resolve()
-named = [default_dictionary(), share_file("config/steering_node.yaml"), share_file("config/ur5_driver.yaml")]
-named += [share_file(f"launch/{name}") for name in ("sim.launch.py", "hardware.launch.py", "steering_node.launch.py")]
+named = [default_dictionary(), *(share_file(bringup.PACKAGE, f"config/{name}.yaml") for name in
+                                 ("steering_node", "ur5_driver", "eval_ci", "eval_demo"))]
+named += [share_file(bringup.PACKAGE, f"launch/{name}")
+          for name in ("sim.launch.py", "hardware.launch.py", "steering_node.launch.py")]
 specs = [bringup.steering_node(), *bringup.simulation(), *bringup.hardware(emulate=True)[1]]
 for spec in specs:
     for value in spec.parameters.values():
@@ -18,4 +20,4 @@ for spec in specs:
             named.append(Path(value))
 missing = [str(p) for p in named if not Path(p).exists()]
 assert not missing, missing
-print("ok", where, share_file("config/steering_node.yaml"))
+print("ok", where, share_file(bringup.PACKAGE, "config/steering_node.yaml"))

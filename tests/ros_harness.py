@@ -10,7 +10,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE_PATH = os.pathsep.join(str(ROOT / p) for p in ("vla_steering_node", "sim_bridge", "ur5_driver"))
+PACKAGES = ("vla_steering_node", "sim_bridge", "ur5_driver", "vla_steer_bringup")
+SOURCE_PATH = os.pathsep.join(str(ROOT / p) for p in PACKAGES)
+
+
+def declared_executables(package: str) -> list[str]:
+    """The executables a package declares (its setup.cfg's console scripts, the one declaration)."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / package / "setup.cfg")
+    lines = config["options.entry_points"]["console_scripts"].splitlines()
+    return [line.split("=")[0].strip() for line in lines if line.strip()]
 
 
 def ros_env(domain_id: int) -> dict[str, str]:

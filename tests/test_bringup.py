@@ -9,7 +9,7 @@ import pytest
 from conftest import REFERENCE_DICTIONARIES
 from ros_harness import start_spec, unique_domain_id, wait_for
 
-from vla_steering_node import bringup
+from vla_steer_bringup import bringup
 from vla_steering_node.share import share_file
 
 DOMAIN = unique_domain_id()
@@ -108,7 +108,7 @@ def test_launch_arguments_are_exactly_what_the_bringup_function_takes(launch_fil
     import ast
     import inspect
 
-    tree = ast.parse(share_file(f"launch/{launch_file}").read_text())
+    tree = ast.parse(share_file("vla_steer_bringup", f"launch/{launch_file}").read_text())
     names = next(ast.literal_eval(node.value).keys() for node in tree.body
                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ARGUMENTS")
     assert set(names) - launch_only == set(inspect.signature(function).parameters)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ros_harness import PACKAGES, declared_executables
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,14 +25,13 @@ def test_colcon_builds_the_workspace(tmp_path, symlink):
          "--build-base", str(tmp_path / "build"), "--install-base", str(tmp_path / "install")],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "3 packages finished" in result.stdout
+    assert f"{len(PACKAGES)} packages finished" in result.stdout
     install = tmp_path / "install"
-    for package, executables in [("vla_steering_node", ["vla_steering_node", "bag_recorder", "bag_player"]),
-                                 ("sim_bridge", ["sim_bridge"]), ("ur5_driver", ["ur5_driver", "ur_emulator"])]:
+    for package in PACKAGES:
         assert (install / package / "share" / package / "package.xml").exists()
-        for exe in executables:
+        for exe in declared_executables(package):
             assert (install / package / "lib" / package / exe).exists(), exe
-    launch = install / "vla_steering_node" / "share" / "vla_steering_node" / "launch"
+    launch = install / "vla_steer_bringup" / "share" / "vla_steer_bringup" / "launch"
     assert {p.name for p in launch.iterdir()} >= {"sim.launch.py", "hardware.launch.py", "steering_node.launch.py"}
     if not symlink:  # the installed copy, sourced as a user does, outside the tree, PYTHONPATH unset
         check = Path(__file__).resolve().parent / "installed_bringup_check.py"

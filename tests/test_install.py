@@ -8,13 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGES = ("vla_steering_node", "sim_bridge", "ur5_driver")
+from ros_harness import declared_executables
+
+PACKAGES = ("vla_steering_node", "sim_bridge", "ur5_driver", "vla_steer_bringup")
 
 
 def test_installed_modules_import_outside_the_source_tree(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     code = ("import vla_steering.policies, vla_steering_node.node, vla_steering_node.recorder, "
-            "vla_steering_node.evaluation, sim_bridge.node, vla_steering.cli; print('ok')")
+            "vla_steer_bringup.evaluation, sim_bridge.node, ur5_driver.node, vla_steering.cli; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
 
@@ -35,11 +37,9 @@ def test_ament_index_share_and_executables():
     for package in PACKAGES:
         assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / package).exists()
         assert (prefix / "share" / package / "package.xml").exists()
-    share = prefix / "share" / "vla_steering_node"
-    assert (share / "launch" / "steering_node.launch.py").exists()
-    assert (share / "config" / "demo_vla_dictionary.yaml").exists()
-    for package, exe in [("vla_steering_node", "vla_steering_node"), ("vla_steering_node", "bag_recorder"),
-                         ("vla_steering_node", "bag_player"), ("sim_bridge", "sim_bridge"),
-                         ("ur5_driver", "ur5_driver"), ("ur5_driver", "ur_emulator")]:
-        path = prefix / "lib" / package / exe
-        assert path.exists() and os.access(path, os.X_OK), path
+    assert (prefix / "share" / "vla_steer_bringup" / "launch" / "steering_node.launch.py").exists()
+    assert (prefix / "share" / "vla_steering_node" / "config" / "demo_vla_dictionary.yaml").exists()
+    for package in PACKAGES:
+        for exe in declared_executables(package):  # for `ros2 run`, and on PATH
+            for path in (prefix / "lib" / package / exe, prefix / "bin" / exe):
+                assert path.exists() and os.access(path, os.X_OK), path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 import pytest
@@ -31,9 +32,61 @@ class Flaky(Node):
             self.done.set()
 
 
+@pytest.fixture(autouse=True)
+def keep_signal_handlers():
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():  # process.run ignores signals once done (a node process then exits)
+        signal.signal(sig, handler)
+
+
 def test_a_callback_exception_is_reported_and_the_executor_keeps_serving():
     errors, served = [], []
     process.run(Flaky, lambda node: served.append(node.done.wait(10)), (), "flaky",
                 on_error=lambda node, e: errors.append(str(e)))
     assert errors == ["boom 1", "boom 2"]  # both reported
     assert served == [True]  # and the executor ran the timer on to its fifth call
+
+
+class LateFlaky(Node):
+    """A timer callback that raises twice once a listener has had time to discover the node."""
+
+    def __init__(self):
+        super().__init__("late_flaky_test_node")
+        self.calls, self.done = 0, threading.Event()
+        self.create_timer(0.1, self.on_timer)
+
+    def on_timer(self):
+        self.calls += 1
+        if self.calls in (20, 21):
+            raise ValueError(f"late boom {self.calls}")
+        if self.calls >= 25:
+            self.done.set()
+
+
+def test_a_callback_exception_is_reported_on_diagnostics():
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from rclpy.executors import SingleThreadedExecutor
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    listener = rclpy.create_node("diagnostics_listener", context=context)
+    heard = []
+    listener.create_subscription(DiagnosticArray, "/diagnostics", lambda m: heard.extend(m.status), 10)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(listener)
+    listening = threading.Event()
+    spinner = threading.Thread(target=lambda: [executor.spin_once(0.05) for _ in iter(listening.is_set, True)],
+                               daemon=True)
+    spinner.start()
+    try:
+        process.run(LateFlaky, lambda node: node.done.wait(20), (), "late_flaky")
+    finally:
+        listening.set()
+        spinner.join(5)
+        rclpy.shutdown(context=context)
+    errors = [s for s in heard if s.name == "late_flaky_test_node: callback error"]
+    assert [s.message for s in errors] == ["a callback failed and was skipped: ValueError: late boom 20",
+                                           "a callback failed and was skipped: ValueError: late boom 21"]
+    assert all(s.level == DiagnosticStatus.ERROR for s in errors)
+    assert {kv.key: kv.value for kv in errors[-1].values}["callback_errors"] == "2"

@@ -384,9 +384,9 @@ def test_hardware_flow_against_the_emulator(tmp_path):
     """What hardware.launch.py starts with emulate:=true: emulator, driver (+ camera), steering node, recorder."""
     import cv2
 
+    from vla_steer_bringup import bringup
     from vla_steering.bags import bag_counts
     from vla_steering.policies.demo_vla import render_scene
-    from vla_steering_node import bringup
 
     video = tmp_path / "camera.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 15, (64, 64))

@@ -1,4 +1,4 @@
-"""ament_python build of ur5_driver (colcon); the pip path uses the top-level pyproject.toml."""
+"""ament_python build of ur5_driver (colcon); its executables are in setup.cfg (the pip path: ../setup.py)."""
 
 from setuptools import setup
 
@@ -18,5 +18,4 @@ setup(
     maintainer_email="maintainers@vla-steer.dev",
     description="ur5_driver for vla-steer.",
     license="Apache-2.0",
-    entry_points={"console_scripts": ["ur5_driver = ur5_driver.node:main", "ur_emulator = ur5_driver.emulator:main"]},
 )

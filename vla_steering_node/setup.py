@@ -1,6 +1,4 @@
-"""ament_python build of vla_steering_node (colcon); the pip path uses the top-level pyproject.toml."""
-
-from glob import glob
+"""ament_python build of vla_steering_node (colcon); its executables are in setup.cfg (the pip path: ../setup.py)."""
 
 from setuptools import setup
 
@@ -13,8 +11,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),
         (f"share/{package_name}", ["package.xml"]),
-        (f"share/{package_name}/launch", glob("launch/*.launch.py")),
-        (f"share/{package_name}/config", glob("config/*.yaml")),
+        (f"share/{package_name}/config", ["config/demo_vla_dictionary.yaml"]),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
@@ -22,8 +19,4 @@ setup(
     maintainer_email="maintainers@vla-steer.dev",
     description="ROS 2 node running a steered VLA policy, and the ROS-free steering core.",
     license="Apache-2.0",
-    entry_points={"console_scripts": ["vla-steer = vla_steering.cli:main",
-                                      "vla_steering_node = vla_steering_node.node:main",
-                                      "bag_recorder = vla_steering_node.recorder:main",
-                                      "bag_player = vla_steering_node.replay:main"]},
 )

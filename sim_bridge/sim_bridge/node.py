@@ -9,6 +9,8 @@ step takes 5 ms or 300 ms of wall time.
 
 Episode events (start / success / timeout) go to ``episode_events`` as DiagnosticStatus
 (message = event; values = suite, task_id, init_state, seed, steps, instruction, no-op steps).
+``/diagnostics`` (each wall second): the episode, sim time, no-op steps, refused and clipped
+actions, callback errors. Topic names, types and QoS: ``vla_steering.contract``.
 Services ``~/reset`` (start an episode from the ``task_id`` and ``init_state`` parameters, which
 can be set live) and ``~/next_episode`` (the next init state) are std_srvs/Trigger; without them,
 episodes run from ``init_state`` on, one init state after another.
@@ -23,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -43,12 +44,18 @@ from sim_bridge.libero_env import (
     SimObservation,
     check_action,
 )
+from vla_steering import contract
 from vla_steering_node import process
-from vla_steering_node.conversions import InputError, rgb_to_image, trajectory_actions
-
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-EVENTS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
+from vla_steering_node.conversions import (
+    InputError,
+    diagnostics_message,
+    episode_event_message,
+    joint_state_message,
+    pose_message,
+    qos_profile,
+    rgb_to_image,
+    trajectory_actions,
+)
 
 
 def sim_stamp(seconds: float) -> Time:
@@ -72,18 +79,24 @@ class SimBridge(Node):
         self.declare_parameter("action_timeout_s", 30.0, ParameterDescriptor(
             description="wall seconds to wait for an action before a no-op step"))
         self.declare_parameter("video_dir", "", ParameterDescriptor(description="write an MP4 per episode here"))
+        self.declare_parameter("resend_s", 1.0, ParameterDescriptor(
+            description="wall seconds between re-sends of an unanswered observation"))
 
         self.sim = LiberoEpisodes(self.get_parameter("suite").value, self.get_parameter("task_id").value,
                                   self.get_parameter("image_size").value, self.get_parameter("seed").value)
-        self.clock_pub = self.create_publisher(Clock, "/clock", 10)
-        self.images = {name: self.create_publisher(Image, f"camera/{name}/image_raw", qos_profile_sensor_data)
-                       for name in ("agentview", "wrist")}
-        self.joints_pub = self.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
-        self.pose_pub = self.create_publisher(PoseStamped, "ee_pose", qos_profile_sensor_data)
-        self.instruction_pub = self.create_publisher(String, "instruction", LATCHED)
-        self.events_pub = self.create_publisher(DiagnosticStatus, "episode_events", EVENTS_QOS)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(JointTrajectory, "action_chunk", self.on_action, 10)
+        def publisher(kind: type, topic: contract.Topic):
+            return self.create_publisher(kind, topic.name, qos_profile(topic))
+
+        self.clock_pub = publisher(Clock, contract.CLOCK)
+        self.images = {name: publisher(Image, contract.camera(name)) for name in contract.CAMERAS}
+        self.joints_pub = publisher(JointState, contract.JOINT_STATES)
+        self.pose_pub = publisher(PoseStamped, contract.EE_POSE)
+        self.instruction_pub = publisher(String, contract.INSTRUCTION)
+        self.events_pub = publisher(DiagnosticStatus, contract.EPISODE_EVENTS)
+        self.diagnostics_pub = publisher(DiagnosticArray, contract.DIAGNOSTICS)
+        self.create_subscription(JointTrajectory, contract.ACTION_CHUNK.name, self.on_action,
+                                 qos_profile(contract.ACTION_CHUNK))
+        self.create_timer(1.0, self.publish_diagnostics)  # wall time: the bridge makes sim time itself
         self.create_service(Trigger, "~/reset", self.on_reset)
         self.create_service(Trigger, "~/next_episode", self.on_next)
         self._actions: dict[tuple[int, int], JointTrajectory] = {}
@@ -92,6 +105,8 @@ class SimBridge(Node):
         self.no_op_steps = 0
         self.clipped_actions = 0
         self.rejected_actions = 0
+        self.callback_errors = 0
+        self.last_problem = ""
 
     # ---------------------------------------------------------------- callbacks
     def on_action(self, msg: JointTrajectory) -> None:
@@ -119,47 +134,54 @@ class SimBridge(Node):
     def publish_state(self, obs: SimObservation, with_images: bool) -> Time:
         stamp = sim_stamp(self.sim.sim_time_s)
         self.clock_pub.publish(Clock(clock=stamp))
-        joints = JointState(name=[*ARM_JOINTS, *GRIPPER_JOINTS],
-                            position=[*obs.arm_joints.tolist(), *obs.gripper_joints.tolist()])
-        joints.header.stamp = stamp
-        pose = PoseStamped()
-        pose.header.stamp, pose.header.frame_id = stamp, "world"
-        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = obs.eef_pos.tolist()
-        q = obs.eef_quat_xyzw
-        pose.pose.orientation.x, pose.pose.orientation.y = float(q[0]), float(q[1])
-        pose.pose.orientation.z, pose.pose.orientation.w = float(q[2]), float(q[3])
-        self.pose_pub.publish(pose)
-        self.joints_pub.publish(joints)
+        self.pose_pub.publish(pose_message(obs.eef_pos, obs.eef_quat_xyzw, stamp, "world"))
+        self.joints_pub.publish(joint_state_message([*ARM_JOINTS, *GRIPPER_JOINTS],
+                                                    [*obs.arm_joints.tolist(), *obs.gripper_joints.tolist()], stamp))
         if with_images:
             self.images["wrist"].publish(rgb_to_image(obs.wrist, stamp, "wrist_camera"))
             self.images["agentview"].publish(rgb_to_image(obs.agentview, stamp, "agentview_camera"))
         return stamp
 
     def event(self, name: str) -> None:
-        status = DiagnosticStatus(name="episode", message=name, hardware_id=self.sim.suite_name)
         values = {"suite": self.sim.suite_name, "task_id": self.sim.task_id, "init_state": self.sim.init_state,
                   "seed": self.sim.seed, "steps": self.sim.steps, "sim_time_s": f"{self.sim.sim_time_s:.2f}",
                   "instruction": self.sim.instruction, "no_op_steps": self.no_op_steps,
                   "clipped_actions": self.clipped_actions, "rejected_actions": self.rejected_actions}
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        self.events_pub.publish(status)
+        self.events_pub.publish(episode_event_message(name, self.sim.suite_name, values))
         self.get_logger().info(f"episode {name}: task {self.sim.task_id} init {self.sim.init_state} "
                                f"after {self.sim.steps} steps")
 
+    def publish_diagnostics(self) -> None:
+        """The bridge's state on /diagnostics, once a wall second: episode, sim time, what was refused."""
+        values = {"suite": self.sim.suite_name, "task_id": self.sim.task_id, "init_state": self.sim.init_state,
+                  "steps": self.sim.steps, "sim_time_s": f"{self.sim.sim_time_s:.2f}",
+                  "no_op_steps": self.no_op_steps, "clipped_actions": self.clipped_actions,
+                  "rejected_actions": self.rejected_actions, "callback_errors": self.callback_errors}
+        problems = self.no_op_steps + self.rejected_actions + self.callback_errors
+        self.diagnostics_pub.publish(diagnostics_message(
+            f"{self.get_name()}: simulation", self.sim.suite_name,
+            DiagnosticStatus.WARN if problems else DiagnosticStatus.OK, self.last_problem or "ok", values,
+            sim_stamp(self.sim.sim_time_s)))
+
+    def on_callback_error(self, error: Exception) -> None:
+        self.callback_errors += 1
+        self.last_problem = f"a callback failed: {type(error).__name__}: {error}"
+
     # ---------------------------------------------------------------- the loop
     def wait_action(self, obs: SimObservation, stamp: Time) -> np.ndarray | None:
-        """The chunk answering the observation stamped ``stamp``; the observation is sent again each
-        second meanwhile (camera topics are best effort, and the policy may still be starting)."""
+        """The chunk answering the observation stamped ``stamp``; the observation is sent again every
+        ``resend_s`` meanwhile (camera topics are best effort, and the policy may still be starting)."""
         key = (stamp.sec, stamp.nanosec)
         start = time.monotonic()
         deadline = start + self.get_parameter("action_timeout_s").value
-        resend = start + 1.0
+        every = self.get_parameter("resend_s").value
+        resend = start + every
         with self._action_arrived:
             while key not in self._actions and rclpy.ok() and time.monotonic() < deadline:
                 self._action_arrived.wait(0.05)
                 if time.monotonic() > resend:
                     self.publish_state(obs, with_images=True)
-                    resend += 1.0
+                    resend += every
             msg = self._actions.pop(key, None)
             self._actions.clear()  # anything else is stale
         if msg is None:
@@ -168,6 +190,7 @@ class SimBridge(Node):
             return trajectory_actions(msg)
         except InputError as error:  # refused and counted; the sim still advances (one no-op step)
             self.rejected_actions += 1
+            self.last_problem = f"action chunk refused: {error}"
             self.get_logger().warning(f"action chunk refused: {error}; no-op step", throttle_duration_sec=2.0)
             return NO_OP[None]
 
@@ -176,13 +199,14 @@ class SimBridge(Node):
         obs = self.sim.reset(init_state)
         limit = self.get_parameter("max_steps").value or self.sim.max_steps
         self.instruction_pub.publish(String(data=self.sim.instruction))
-        self.event("start")
+        self.event(contract.EPISODE_STARTED)
         video = self.open_video()
         while rclpy.ok():
             stamp = self.publish_state(obs, with_images=True)
             chunk = self.wait_action(obs, stamp)
             if chunk is None:
                 self.no_op_steps += 1
+                self.last_problem = f"no action for t={self.sim.sim_time_s:.2f}s"
                 self.get_logger().warning(f"no action for t={self.sim.sim_time_s:.2f}s: no-op step",
                                           throttle_duration_sec=5.0)
                 chunk = NO_OP[None]
@@ -191,6 +215,7 @@ class SimBridge(Node):
                     action, clipped = check_action(row)
                 except ActionError as error:
                     self.rejected_actions += 1
+                    self.last_problem = f"action refused: {error}"
                     self.get_logger().warning(f"action refused: {error}; no-op step", throttle_duration_sec=2.0)
                     action, clipped = NO_OP, False
                 self.clipped_actions += clipped
@@ -205,7 +230,7 @@ class SimBridge(Node):
                     return "interrupted"
                 if success or self.sim.steps >= limit:
                     self.publish_state(obs, with_images=False)
-                    self.event("success" if success else "timeout")
+                    self.event(contract.EPISODE_SUCCESS if success else contract.EPISODE_TIMEOUT)
                     if video is not None:
                         video.release()
                     return "success" if success else "timeout"
@@ -231,7 +256,7 @@ class SimBridge(Node):
         while rclpy.ok() and (episodes == 0 or done < episodes):
             outcome = self.run_episode(init_state)
             if outcome == "interrupted":
-                self.event("interrupted")
+                self.event(contract.EPISODE_INTERRUPTED)
                 init_state, self._restart = self._restart, None
                 task = self.get_parameter("task_id").value
                 if task != self.sim.task_id:  # another task is another simulator
@@ -245,7 +270,7 @@ class SimBridge(Node):
 
 def main(args=None) -> None:
     process.run(SimBridge, SimBridge.run, (ImportError, ValueError), "sim_bridge",
-                cleanup=lambda node: node.sim.close(), args=args)
+                cleanup=lambda node: node.sim.close(), args=args, on_error=SimBridge.on_callback_error)
 
 
 if __name__ == "__main__":

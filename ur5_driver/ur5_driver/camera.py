@@ -12,10 +12,10 @@ import time
 
 import numpy as np
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from vla_steering_node.conversions import rgb_to_image
+from vla_steering import contract
+from vla_steering_node.conversions import qos_profile, rgb_to_image
 
 
 def open_capture(source: str):
@@ -31,7 +31,8 @@ class CameraPublisher:
     def __init__(self, node: Node, name: str, source: str, rate_hz: float):
         self.node, self.source, self.period = node, source, 1.0 / rate_hz
         self.capture = open_capture(source)
-        self.publisher = node.create_publisher(Image, f"camera/{name}/image_raw", qos_profile_sensor_data)
+        topic = contract.camera(name)
+        self.publisher = node.create_publisher(Image, topic.name, qos_profile(topic))
         self.frame_id = f"{name}_camera"
         self.running = True
         self.thread = threading.Thread(target=self.loop, daemon=True)

@@ -41,7 +41,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
@@ -52,7 +51,9 @@ from ur5_driver.controller_link import ControllerLink, LinkDown, ProgramNotRunni
 from ur5_driver.gripper import GripperConfig
 from ur5_driver.safety import SafetyLimits
 from ur5_driver.servo import EMERGENCY_STOP_BIT, PLAYING, PROTECTIVE_STOP_BIT, ChunkRefused, ServoLoop, ServoSettings
+from vla_steering import contract
 from vla_steering_node import process
+from vla_steering_node.conversions import joint_state_message, pose_message, qos_profile
 
 JOINT_NAMES = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint",
                "wrist_3_joint"]
@@ -160,11 +161,14 @@ class UR5Driver(Node):
         self.servo = ServoLoop(settings, self.limits, self.on_event)
         self.tick_starts: deque[float] = deque(maxlen=max(3, round(2.0 / self.period)))  # the last ~2 s
         self.tick_times: deque[float] = deque(maxlen=max(3, round(2.0 / self.period)))
-        self.joints_pub = self.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
-        self.pose_pub = self.create_publisher(PoseStamped, "ee_pose", qos_profile_sensor_data)
+        self.joints_pub = self.create_publisher(JointState, contract.JOINT_STATES.name,
+                                                qos_profile(contract.JOINT_STATES))
+        self.pose_pub = self.create_publisher(PoseStamped, contract.EE_POSE.name, qos_profile(contract.EE_POSE))
         self.status_pub = self.create_publisher(DiagnosticStatus, "robot_status", 10)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(JointTrajectory, "action_chunk", self.on_action, 10)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, contract.DIAGNOSTICS.name,
+                                                     qos_profile(contract.DIAGNOSTICS))
+        self.create_subscription(JointTrajectory, contract.ACTION_CHUNK.name, self.on_action,
+                                 qos_profile(contract.ACTION_CHUNK))
         self.create_service(Trigger, "~/unlock_protective_stop", self.on_unlock)
         self.create_service(Trigger, "~/resume_control", self.on_resume)
         self.link: ControllerLink | None = None
@@ -244,16 +248,8 @@ class UR5Driver(Node):
     # ---------------------------------------------------------------- state out
     def publish_state(self, q: np.ndarray, tcp: np.ndarray) -> None:
         stamp = self.get_clock().now().to_msg()
-        joints = JointState(name=JOINT_NAMES, position=q.tolist())
-        joints.header.stamp = stamp
-        self.joints_pub.publish(joints)
-        pose = PoseStamped()
-        pose.header.stamp, pose.header.frame_id = stamp, "base"
-        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = tcp[:3].tolist()
-        quat = Rotation.from_rotvec(tcp[3:]).as_quat()
-        o = pose.pose.orientation
-        o.x, o.y, o.z, o.w = quat.tolist()
-        self.pose_pub.publish(pose)
+        self.joints_pub.publish(joint_state_message(JOINT_NAMES, q.tolist(), stamp))
+        self.pose_pub.publish(pose_message(tcp[:3], Rotation.from_rotvec(tcp[3:]).as_quat(), stamp, "base"))
 
     def status(self) -> DiagnosticStatus:
         s = self.servo.state

@@ -28,6 +28,8 @@ from mcap.stream_reader import StreamReader
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from vla_steering import contract
+
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 
 
@@ -123,7 +125,7 @@ class BagMessage:
     message: object  # a rosbags dataclass with the ROS message's fields
 
 
-ANCHOR_TOPIC = "/action_chunk"  # every recorded run has it; its prefix is the run's namespace
+ANCHOR_TOPIC = contract.ACTION_CHUNK.in_bag  # every recorded run has it; its prefix is the run's namespace
 
 
 def bag_namespace(topics: Sequence[str]) -> str:

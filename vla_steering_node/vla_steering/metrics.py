@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vla_steering import contract
+
 
 @dataclass
 class Episode:
@@ -35,34 +37,35 @@ def episode_from_bag(path: str | Path) -> Episode:
 
     times, positions, actions, steering, latencies = [], [], [], [], []
     outcome, steps, info = "", 0, {}
-    for m in read_bag(path, ["/ee_pose", "/action_chunk", "/steering_state", "/episode_events", "/diagnostics"]):
+    pose, action, steering_state, events, diagnostics = (t.in_bag for t in (
+        contract.EE_POSE, contract.ACTION_CHUNK, contract.STEERING_STATE, contract.EPISODE_EVENTS,
+        contract.DIAGNOSTICS))
+    for m in read_bag(path, [pose, action, steering_state, events, diagnostics]):
         msg = m.message
-        if m.topic == "/ee_pose":
+        if m.topic == pose:
             times.append(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
             p = msg.pose.position
             positions.append((p.x, p.y, p.z))
-        elif m.topic == "/action_chunk":
+        elif m.topic == action:
             actions += [list(point.positions) for point in msg.points]
-        elif m.topic == "/steering_state":
-            values = {kv.key: kv.value for kv in msg.status[0].values}
-            steering.append({k.removeprefix("strength."): float(v) for k, v in values.items()
-                             if k.startswith("strength.")})
-        elif m.topic == "/episode_events":
-            values = {kv.key: kv.value for kv in msg.values}
-            info = {k: values[k] for k in ("suite", "task_id", "init_state", "seed", "instruction") if k in values}
-            if msg.message in ("success", "timeout"):
+        elif m.topic == steering_state:
+            steering.append(contract.strengths_from(contract.key_values(msg.status[0].values)))
+        elif m.topic == events:
+            values = contract.key_values(msg.values)
+            info = {k: values[k] for k in contract.EPISODE_INFO_KEYS if k in values}
+            if msg.message in contract.EPISODE_OUTCOMES:
                 outcome, steps = msg.message, int(values.get("steps", 0))
-        elif m.topic == "/diagnostics":
+        elif m.topic == diagnostics:
             for status in msg.status:
-                values = {kv.key: kv.value for kv in status.values}
-                if "inference_latency_ms_p50" in values and values["inference_latency_ms_p50"] != "nan":
-                    latencies.append(float(values["inference_latency_ms_p50"]))
+                values = contract.key_values(status.values)
+                if values.get(contract.LATENCY_KEY, "nan") != "nan":
+                    latencies.append(float(values[contract.LATENCY_KEY]))
     order = np.argsort(times, kind="stable")
     t = np.asarray(times)[order]
     pos = np.asarray(positions, np.float64).reshape(-1, 3)[order]
     keep = np.concatenate([[True], np.diff(t) > 0]) if len(t) else np.zeros(0, bool)  # one pose per sim time
-    return Episode(t[keep], pos[keep], np.asarray(actions, np.float64).reshape(-1, 7), outcome, steps, info,
-                   steering, latencies)
+    actions = np.asarray(actions, np.float64).reshape(-1, len(contract.ACTION_DIMS))
+    return Episode(t[keep], pos[keep], actions, outcome, steps, info, steering, latencies)
 
 
 def gripper_events(actions: np.ndarray) -> int:

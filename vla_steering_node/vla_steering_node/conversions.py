@@ -1,19 +1,23 @@
-"""ROS 2 messages <-> the core's arrays. Every decoder raises InputError with a reason.
-
-The topic contract these implement is written down in the README ("Topic contract").
+"""The ROS side of the wire contract (:mod:`vla_steering.contract`): each topic's QoS profile and
+message class, and one encoder / decoder per message (ROS 2 messages <-> the core's arrays).
+Every decoder raises InputError with a reason. The README's "Topic contract" describes it.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from vla_steering import contract
+from vla_steering.contract import Topic
 from vla_steering.policies import ActionChunk
 from vla_steering.policies.libero import libero_state
 from vla_steering.steering import SteeringState
@@ -28,6 +32,20 @@ MAX_INSTRUCTION_CHARS = 1000  # an instruction is a sentence; inference cost gro
 
 class InputError(ValueError):
     """A message the node must not act on."""
+
+
+def qos_profile(topic: Topic, depth: int | None = None) -> QoSProfile:
+    """The topic's QoS (``depth`` overrides its history depth, e.g. for a recorder that must keep up)."""
+    reliability = ReliabilityPolicy.BEST_EFFORT if topic.qos == "sensor" else ReliabilityPolicy.RELIABLE
+    durability = DurabilityPolicy.TRANSIENT_LOCAL if topic.qos == "latched" else DurabilityPolicy.VOLATILE
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth or topic.depth, reliability=reliability,
+                      durability=durability)
+
+
+def message_class(msgtype: str) -> type:
+    """``package/msg/Type`` -> the message class."""
+    package, kind, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{package}.{kind}"), name)
 
 
 def image_to_rgb(msg: Image) -> np.ndarray:
@@ -132,8 +150,40 @@ def steering_state_message(state: SteeringState | None, stamp: Time, node_name: 
         status.values = [KeyValue(key="enabled", value=str(state.enabled).lower()),
                          KeyValue(key="mode", value=state.mode),
                          KeyValue(key="version", value=str(state.version))]
-        status.values += [KeyValue(key=f"strength.{k}", value=repr(float(v))) for k, v in state.strengths.items()]
+        status.values += [KeyValue(key=contract.STRENGTH_PREFIX + k, value=repr(float(v)))
+                          for k, v in state.strengths.items()]
     msg.status = [status]
+    return msg
+
+
+def diagnostics_message(name: str, hardware_id: str, level: bytes, message: str, values: dict,
+                        stamp: Time) -> DiagnosticArray:
+    """One node's status for /diagnostics (values as strings)."""
+    status = DiagnosticStatus(name=name, hardware_id=hardware_id, level=level, message=message,
+                              values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+    msg = DiagnosticArray(status=[status])
+    msg.header.stamp = stamp
+    return msg
+
+
+def episode_event_message(event: str, suite: str, values: dict) -> DiagnosticStatus:
+    """An episode event (``contract.EPISODE_*``) with its values (``contract.EPISODE_INFO_KEYS`` and counts)."""
+    return DiagnosticStatus(name="episode", message=event, hardware_id=suite,
+                            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+
+def joint_state_message(names: list[str], positions: list[float], stamp: Time) -> JointState:
+    msg = JointState(name=list(names), position=[float(p) for p in positions])
+    msg.header.stamp = stamp
+    return msg
+
+
+def pose_message(position, quat_xyzw, stamp: Time, frame_id: str) -> PoseStamped:
+    msg = PoseStamped()
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    p, o = msg.pose.position, msg.pose.orientation
+    p.x, p.y, p.z = (float(v) for v in position)
+    o.x, o.y, o.z, o.w = (float(v) for v in quat_xyzw)
     return msg
 
 

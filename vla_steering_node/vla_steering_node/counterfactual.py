@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vla_steering import contract
 from vla_steering.anatomy import primary_stack
 from vla_steering.bags import BagError, read_bag
 from vla_steering.dictionaries import load_dictionary
@@ -29,21 +30,21 @@ def recorded_steps(bag: str | Path, cameras: list[str], state_source: str, gripp
     images: dict[tuple[str, int], np.ndarray] = {}
     states: list[tuple[int, np.ndarray]] = []
     instruction, pose, chunks = "", None, []
-    image_topics = {f"/camera/{c}/image_raw": c for c in cameras}
+    image_topics = {contract.camera(c).in_bag: c for c in cameras}
     for m in read_bag(bag):
         stamp = m.message.header.stamp.sec * 10**9 + m.message.header.stamp.nanosec \
             if hasattr(m.message, "header") else m.timestamp_ns
         if m.topic in image_topics:
             images[(image_topics[m.topic], stamp)] = image_to_rgb(m.message)
-        elif m.topic == "/ee_pose":
+        elif m.topic == contract.EE_POSE.in_bag:
             pose = m.message
-        elif m.topic == "/joint_states":
+        elif m.topic == contract.JOINT_STATES.in_bag:
             state = pose_state(pose, m.message, gripper_joints) if state_source == "libero" and pose is not None \
                 else joint_positions(m.message)
             states.append((stamp, state))
-        elif m.topic == "/instruction":
+        elif m.topic == contract.INSTRUCTION.in_bag:
             instruction = m.message.data
-        elif m.topic == "/action_chunk":
+        elif m.topic == contract.ACTION_CHUNK.in_bag:
             actions = np.array([list(p.positions) for p in m.message.points], np.float64)
             chunks.append((stamp, instruction, actions))
     for stamp, text, actions in chunks:

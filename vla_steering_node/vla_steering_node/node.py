@@ -18,16 +18,16 @@ from collections import deque
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
+from vla_steering import contract
 from vla_steering.anatomy import primary_stack
 from vla_steering.dictionaries import DictionaryError, load_dictionary
 from vla_steering.policies import POLICY_OPTIONS, ObservationError, PolicyOutputError, make_policy, steer
@@ -37,9 +37,11 @@ from vla_steering_node.conversions import (
     InputError,
     chunk_to_trajectory,
     compressed_to_rgb,
+    diagnostics_message,
     image_to_rgb,
     joint_positions,
     pose_state,
+    qos_profile,
     steering_state_message,
 )
 from vla_steering_node.observation_buffer import NotReady, ObservationBuffer
@@ -48,13 +50,11 @@ from vla_steering_node.share import share_file
 # the backends' loader options as read-only parameters ("" = the backend's default)
 POLICY_OPTION_DEFAULTS = {"unnorm_key": "", "center_crop_scale": 1.0, "dtype": "bfloat16", "seed": 0, "tokenizer": "",
                           "asset_id": ""}
-INSTRUCTION_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def default_dictionary() -> str:
     """The demo VLA's dictionary, where the package's data is installed (:mod:`vla_steering_node.share`)."""
-    return str(share_file("config/demo_vla_dictionary.yaml"))
+    return str(share_file("vla_steering_node", "config/demo_vla_dictionary.yaml"))
 
 
 class Counters:
@@ -67,6 +67,7 @@ class Counters:
         self.not_ready = 0
         self.policy_errors = 0
         self.clipped_actions = 0  # chunks with values outside the action space, clipped
+        self.callback_errors = 0  # exceptions a callback raised (logged with the traceback; the node goes on)
         self.latencies_ms: deque[float] = deque(maxlen=200)
         self.action_times: deque[float] = deque(maxlen=50)
         self.last_problem = ""
@@ -92,16 +93,21 @@ class VlaSteeringNode(Node):
             raise ValueError(f"instruction parameter of {len(initial)} characters (at most {MAX_INSTRUCTION_CHARS})")
 
         for camera in self.cameras:
-            self.create_subscription(Image, f"camera/{camera}/image_raw",
-                                     lambda msg, c=camera: self.on_image(c, msg), qos_profile_sensor_data)
-            self.create_subscription(CompressedImage, f"camera/{camera}/image_raw/compressed",
-                                     lambda msg, c=camera: self.on_image(c, msg), qos_profile_sensor_data)
-        self.create_subscription(JointState, "joint_states", self.on_joint_state, qos_profile_sensor_data)
-        self.create_subscription(PoseStamped, "ee_pose", self.on_ee_pose, qos_profile_sensor_data)
-        self.create_subscription(String, "instruction", self.on_instruction, INSTRUCTION_QOS)
-        self.action_pub = self.create_publisher(JointTrajectory, "action_chunk", 10)
-        self.steering_pub = self.create_publisher(DiagnosticArray, "steering_state", 10)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            for topic, kind in ((contract.camera(camera), Image),
+                                (contract.compressed_camera(camera), CompressedImage)):
+                self.create_subscription(kind, topic.name, lambda msg, c=camera: self.on_image(c, msg),
+                                         qos_profile(topic))
+        self.create_subscription(JointState, contract.JOINT_STATES.name, self.on_joint_state,
+                                 qos_profile(contract.JOINT_STATES))
+        self.create_subscription(PoseStamped, contract.EE_POSE.name, self.on_ee_pose, qos_profile(contract.EE_POSE))
+        self.create_subscription(String, contract.INSTRUCTION.name, self.on_instruction,
+                                 qos_profile(contract.INSTRUCTION))
+        self.action_pub = self.create_publisher(JointTrajectory, contract.ACTION_CHUNK.name,
+                                                qos_profile(contract.ACTION_CHUNK))
+        self.steering_pub = self.create_publisher(DiagnosticArray, contract.STEERING_STATE.name,
+                                                  qos_profile(contract.STEERING_STATE))
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, contract.DIAGNOSTICS.name,
+                                                     qos_profile(contract.DIAGNOSTICS))
         self.create_timer(1.0, self.publish_diagnostics)
         self._last_pose: PoseStamped | None = None
         self.get_logger().info(
@@ -117,14 +123,14 @@ class VlaSteeringNode(Node):
         self.declare_parameter("device", "cpu", read_only("torch device"))
         self.declare_parameter("steering.dictionary", default_dictionary(), read_only("intervention dictionary YAML"))
         self.declare_parameter("max_abs_strength", 20.0, read_only("steering strengths are limited to +-this"))
-        self.declare_parameter("cameras", ["agentview", "wrist"],
+        self.declare_parameter("cameras", list(contract.CAMERAS),
                                read_only("camera names; topics camera/<name>/image_raw; the first triggers "
                                          "inference"))
         self.declare_parameter("state_source", "joints",
                                read_only("joints: joint_states positions; libero: ee_pose + gripper joints"))
         self.declare_parameter("gripper_joints", ["gripper_finger_left", "gripper_finger_right"],
                                read_only("joint names of the two gripper fingers (state_source libero)"))
-        self.declare_parameter("control_rate_hz", 20.0,
+        self.declare_parameter("control_rate_hz", 1.0 / contract.CONTROL_PERIOD_S,
                                ParameterDescriptor(description="spacing of the chunk's time_from_start"))
         self.declare_parameter("execute_steps", 0, ParameterDescriptor(
             description="publish only the first n steps of each chunk (replan after them); 0 = whole chunk"))
@@ -258,21 +264,20 @@ class VlaSteeringNode(Node):
             latency = np.percentile(c.latencies_ms, 50) if c.latencies_ms else float("nan")
             times = list(c.action_times)
             rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
-            values = {"actions_published": c.actions, "inference_latency_ms_p50": f"{latency:.1f}",
+            values = {"actions_published": c.actions, contract.LATENCY_KEY: f"{latency:.1f}",
                       "action_rate_hz": f"{rate:.2f}", "dropped_observations": self.buffer.dropped,
                       "repeated_observations": self.buffer.repeats,
                       "rejected_inputs": c.rejected_inputs, "not_ready": c.not_ready,
                       "policy_errors": c.policy_errors, "clipped_actions": c.clipped_actions,
-                      "last_problem": c.last_problem}
-            problems = c.rejected_inputs + c.policy_errors
-        msg = DiagnosticArray()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        status = DiagnosticStatus(name=f"{self.get_name()}: inference", hardware_id=self.policy_name,
-                                  level=DiagnosticStatus.WARN if problems else DiagnosticStatus.OK,
-                                  message=c.last_problem or "ok")
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        msg.status = [status]
-        self.diagnostics_pub.publish(msg)
+                      "callback_errors": c.callback_errors, "last_problem": c.last_problem}
+            problems = c.rejected_inputs + c.policy_errors + c.callback_errors
+        level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+        self.diagnostics_pub.publish(diagnostics_message(f"{self.get_name()}: inference", self.policy_name, level,
+                                                         c.last_problem or "ok", values,
+                                                         self.get_clock().now().to_msg()))
+
+    def on_callback_error(self, error: Exception) -> None:
+        self.counters.problem("callback_errors", f"a callback failed: {type(error).__name__}: {error}")
 
 
 def _stamp_ns(msg) -> int:
@@ -286,7 +291,7 @@ def serve(node: VlaSteeringNode) -> None:
 
 def main(args=None) -> None:
     process.run(VlaSteeringNode, serve, (DictionaryError, FileNotFoundError, ImportError, ValueError),
-                "vla_steering_node", args=args)
+                "vla_steering_node", args=args, on_error=VlaSteeringNode.on_callback_error)
 
 
 if __name__ == "__main__":

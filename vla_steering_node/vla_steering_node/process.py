@@ -1,7 +1,8 @@
 """The process shape every node here shares: the executor spins in a background thread while the
 main thread does the node's work; SIGINT / SIGTERM (rclpy's handlers) end both cleanly. An
-exception in a callback is logged with its traceback and handed to the node's ``on_error``; the
-executor goes on serving every other callback (it never dies silently under a live process).
+exception in a callback is logged with its traceback, reported on /diagnostics (level ERROR) and
+handed to the node's ``on_error``; the executor goes on serving every other callback (it never
+dies silently under a live process).
 Once shutting down, further SIGINT / SIGTERM (a double Ctrl-C, the SIGINT ``ros2 launch`` forwards
 to a group already stopping) are noted and do not cut the cleanup short; SIGKILL still ends it."""
 
@@ -14,12 +15,18 @@ import traceback
 from collections.abc import Callable
 
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+
+from vla_steering import contract
+from vla_steering_node.conversions import diagnostics_message, qos_profile
 
 
 def _spin(executor: SingleThreadedExecutor, node: Node, on_error: Callable[[Node, Exception], None] | None,
           stopping: threading.Event) -> None:
+    diagnostics = node.create_publisher(DiagnosticArray, contract.DIAGNOSTICS.name, qos_profile(contract.DIAGNOSTICS))
+    failures = 0
     while True:
         try:
             executor.spin()
@@ -31,6 +38,12 @@ def _spin(executor: SingleThreadedExecutor, node: Node, on_error: Callable[[Node
                 return  # never spin again once the process is shutting down
             node.get_logger().error(f"a callback failed and was skipped: {type(error).__name__}: {error}\n"
                                     + "".join(traceback.format_exception(error)))
+            failures += 1
+            diagnostics.publish(diagnostics_message(
+                f"{node.get_name()}: callback error", node.get_fully_qualified_name(), DiagnosticStatus.ERROR,
+                f"a callback failed and was skipped: {type(error).__name__}: {error}",
+                {"callback_errors": failures, "error_type": type(error).__name__},
+                node.get_clock().now().to_msg()))
             if on_error is not None:
                 on_error(node, error)
 
@@ -40,7 +53,8 @@ def run(make_node: Callable[[], Node], work: Callable[[Node], None], startup_err
         on_error: Callable[[Node, Exception], None] | None = None) -> None:
     """Create the node (exit 1 with the reason on ``startup_errors``), spin it, run ``work(node)`` in
     this thread until it returns or rclpy shuts down, then clean up and exit 0. ``on_error(node, error)``
-    hears of every exception a callback raised (the executor itself goes on)."""
+    hears of every exception a callback raised (the executor itself goes on). A node process's
+    shell: once it returns, SIGINT / SIGTERM are ignored so that the exit itself is never cut short."""
     stopping = threading.Event()
     _install_signal_handlers(name, stopping)
     rclpy.init(args=args)

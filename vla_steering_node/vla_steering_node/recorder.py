@@ -12,7 +12,6 @@ unwritable or full output directory stops the node at start with the reason.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,37 +19,20 @@ from pathlib import Path
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
+from vla_steering import contract
 from vla_steering.bags import BagError, BagWriter
 from vla_steering_node import process
+from vla_steering_node.conversions import message_class, qos_profile
 
-DEFAULT_TOPICS = [
-    "camera/agentview/image_raw:sensor_msgs/msg/Image",
-    "camera/wrist/image_raw:sensor_msgs/msg/Image",
-    "joint_states:sensor_msgs/msg/JointState",
-    "ee_pose:geometry_msgs/msg/PoseStamped",
-    "instruction:std_msgs/msg/String",
-    "action_chunk:trajectory_msgs/msg/JointTrajectory",
-    "steering_state:diagnostic_msgs/msg/DiagnosticArray",
-    "episode_events:diagnostic_msgs/msg/DiagnosticStatus",
-    "/diagnostics:diagnostic_msgs/msg/DiagnosticArray",
-]
-BEST_EFFORT = ("sensor_msgs/msg/Image", "sensor_msgs/msg/JointState", "geometry_msgs/msg/PoseStamped")
-LATCHED_TOPICS = ("instruction", "episode_events")
+RECORDER_DEPTH = 200  # deep queues: the recorder must keep up with bursts
 
 
-def message_class(msgtype: str):
-    package, kind, name = msgtype.split("/")
-    return getattr(importlib.import_module(f"{package}.{kind}"), name)
-
-
-def qos_for(topic: str, msgtype: str) -> QoSProfile:
-    if topic in LATCHED_TOPICS:
-        return QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    reliability = ReliabilityPolicy.BEST_EFFORT if msgtype in BEST_EFFORT else ReliabilityPolicy.RELIABLE
-    return QoSProfile(depth=200, reliability=reliability)
+def recorded_qos(name: str, msgtype: str):
+    """The contract's QoS for a topic (deep), reliable for a topic the contract does not name."""
+    topic = contract.by_bag_name(name if name.startswith("/") else "/" + name) or \
+        contract.Topic(name, msgtype, "reliable", RECORDER_DEPTH)
+    return qos_profile(topic, max(topic.depth, RECORDER_DEPTH))
 
 
 class BagRecorder(Node):
@@ -60,7 +42,7 @@ class BagRecorder(Node):
         self.declare_parameter("output_dir", "bags", read_only)
         self.declare_parameter("bag_name", "", ParameterDescriptor(
             read_only=True, description="bag directory name; default run_<wall time>"))
-        self.declare_parameter("topics", DEFAULT_TOPICS, ParameterDescriptor(
+        self.declare_parameter("topics", [t.entry() for t in contract.RECORDED], ParameterDescriptor(
             read_only=True, description="topic:package/msg/Type entries"))
         self.declare_parameter("split", "run", ParameterDescriptor(
             read_only=True, description="run: one bag; episode: a new bag at each episode start event"))
@@ -79,11 +61,11 @@ class BagRecorder(Node):
         self.bag = BagWriter(path, topics)
         self.bags = [self.bag]
         self.received: Counter[str] = Counter()
-        self.events_topic = self.resolve_topic_name("episode_events")
+        self.events_topic = self.resolve_topic_name(contract.EPISODE_EVENTS.name)
         for (topic, msgtype), entry in zip(topics, self.get_parameter("topics").value):
             relative = entry.rpartition(":")[0]
             self.create_subscription(message_class(msgtype), relative, lambda data, t=topic: self.on_message(t, data),
-                                     qos_for(relative, msgtype), raw=True)
+                                     recorded_qos(relative, msgtype), raw=True)
         self.get_logger().info(f"recording {len(topics)} topics into {path}")
 
     def maybe_split(self, data: bytes) -> None:
@@ -92,7 +74,7 @@ class BagRecorder(Node):
         from rclpy.serialization import deserialize_message
 
         event = deserialize_message(data, DiagnosticStatus)
-        if event.message != "start":
+        if event.message != contract.EPISODE_STARTED:
             return
         path = self.output_dir / _episode_bag_name(self.name, event)
         self.close_current()

@@ -20,9 +20,11 @@ from rclpy.time import Time
 from rosbags.rosbag2 import Reader
 from rosgraph_msgs.msg import Clock
 
+from vla_steering import contract
 from vla_steering.bags import BagError
 from vla_steering_node import process
-from vla_steering_node.recorder import message_class, qos_for
+from vla_steering_node.conversions import message_class, qos_profile
+from vla_steering_node.recorder import recorded_qos
 
 
 class BagPlayer(Node):
@@ -50,9 +52,9 @@ class BagPlayer(Node):
             raise BagError(f"none of the topics {sorted(wanted)} is in {self.path}")
         self.publishers_by_topic = {
             c.topic: self.create_publisher(message_class(c.msgtype), c.topic,
-                                           qos_for(c.topic.lstrip("/"), c.msgtype))
-            for c in self.connections if c.topic != "/clock"}
-        self.clock_pub = self.create_publisher(Clock, "/clock", 10) \
+                                           recorded_qos(c.topic, c.msgtype))
+            for c in self.connections if c.topic != contract.CLOCK.name}
+        self.clock_pub = self.create_publisher(Clock, contract.CLOCK.name, qos_profile(contract.CLOCK)) \
             if self.get_parameter("publish_clock").value else None
         self.played = 0
 

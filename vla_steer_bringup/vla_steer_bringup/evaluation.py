@@ -1,6 +1,8 @@
 """Headless evaluation runs: sim bridge + steering node + bag recorder per episode, then metrics and a report.
 
-``python -m vla_steering_node.evaluation config/eval_demo.yaml [--out DIR]``
+``python -m vla_steer_bringup.evaluation eval_demo [--out DIR]`` (or ``ros2 run vla_steer_bringup evaluation``)
+
+The config is a YAML file, or the name of one the package installs (``eval_demo``, ``eval_ci``).
 
 The config lists a suite, tasks, init states and conditions; each condition is a baseline, a
 set of strengths (``strengths: {up: 2.0}``) or a *live* change (``live: {at_step: 16,
@@ -24,12 +26,12 @@ from pathlib import Path
 
 import yaml
 
+from vla_steer_bringup import bringup
+from vla_steering import contract
 from vla_steering.bags import BagError, reindex
 from vla_steering.metrics import episode_from_bag, episode_metrics
 from vla_steering.report import write_report
-from vla_steering_node import bringup
-
-CONTROL_PERIOD_S = 0.05
+from vla_steering_node.share import share_file
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,15 @@ class EvalConfig:
     dictionary: str = ""
     video: bool = False
     episode_timeout_s: float = 1800.0
+    namespace: str = ""  # every node of the run under it (e.g. robot1)
 
     @classmethod
     def load(cls, path: str | Path) -> EvalConfig:
-        data = yaml.safe_load(Path(path).read_text())
+        """A config file, or an installed preset's name (``eval_ci``)."""
+        path = Path(path)
+        if not path.exists() and path.parent == Path("."):
+            path = share_file(bringup.PACKAGE, f"config/{path.with_suffix('.yaml').name}")
+        data = yaml.safe_load(path.read_text())
         conditions = []
         for c in data.pop("conditions"):
             live = c.get("live") or {}
@@ -79,11 +86,17 @@ class EvalConfig:
 
 
 def _env(domain_id: int) -> dict:
+    """The nodes' environment: they import the very packages this runner imported (an install's,
+    or a source tree's)."""
+    import sim_bridge
+    import vla_steering
+    import vla_steering_node
+
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1")
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    root = Path(__file__).resolve().parents[2]
-    source = os.pathsep.join(str(root / p) for p in ("vla_steering_node", "sim_bridge"))
-    env["PYTHONPATH"] = source + os.pathsep + env.get("PYTHONPATH", "")
+    roots = dict.fromkeys(str(Path(m.__file__).resolve().parents[1]) for m in (vla_steering, vla_steering_node,
+                                                                               sim_bridge))
+    env["PYTHONPATH"] = os.pathsep.join([*roots, *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 
@@ -111,16 +124,17 @@ class LiveSetter:
         import rclpy
         from rosgraph_msgs.msg import Clock
 
+        from vla_steering_node.conversions import qos_profile
         from vla_steering_node.parameter_client import ParameterClient
 
         self.rclpy = rclpy
         rclpy.init()
         self.node = rclpy.create_node("evaluation_live_setter")
         self.client = ParameterClient(self.node, node_name)
-        self.at_s = at_step * CONTROL_PERIOD_S
+        self.at_s = at_step * contract.CONTROL_PERIOD_S
         self.strengths = strengths
         self.done = False
-        self.node.create_subscription(Clock, "/clock", self.on_clock, 10)
+        self.node.create_subscription(Clock, contract.CLOCK.name, self.on_clock, qos_profile(contract.CLOCK))
 
     def on_clock(self, msg) -> None:
         now = msg.clock.sec + msg.clock.nanosec * 1e-9
@@ -156,14 +170,14 @@ def run_episode(config: EvalConfig, task: int, init_state: int, condition: Condi
         image_size=config.image_size, policy=config.policy, checkpoint=config.checkpoint,
         dictionary=config.dictionary, strengths=",".join(f"{k}={v}" for k, v in condition.strengths.items()),
         record=True, output_dir=str(out / "bags"), bag_name=name,
-        video_dir=str(out / "videos" / name) if config.video else "")
+        video_dir=str(out / "videos" / name) if config.video else "", namespace=config.namespace)
     recorder = _start(recorder_spec, env, logs / f"{name}.recorder.log")
     steering = _start(steering_spec, env, logs / f"{name}.steering.log")
     live = None
     try:
         if condition.live_at_step is not None:
             os.environ["ROS_DOMAIN_ID"] = str(domain_id)
-            live = LiveSetter("/vla_steering_node", condition.live_at_step, condition.live_strengths)
+            live = LiveSetter(steering_spec.full_name, condition.live_at_step, condition.live_strengths)
         bridge = _start(bridge_spec, env, logs / f"{name}.bridge.log")
         deadline = time.monotonic() + config.episode_timeout_s
         while bridge.poll() is None and time.monotonic() < deadline:
@@ -202,7 +216,7 @@ def evaluate(config: EvalConfig, out: Path, progress: bool = True) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("config", help="evaluation YAML (see config/eval_demo.yaml)")
+    parser.add_argument("config", help="evaluation YAML, or an installed preset: eval_demo, eval_ci")
     parser.add_argument("--out", default="artifacts/evaluation", help="output directory")
     args = parser.parse_args(argv)
     try:

@@ -1,7 +1,8 @@
 """What the launch files start, as plain data that tests can check without the launch packages.
 
 A launch file turns each :class:`NodeSpec` into a ``launch_ros.actions.Node``; tests start the
-same specs as processes (``python -m module --ros-args ...``), so both run one code path.
+same specs as processes (``python -m module --ros-args ...``), so both run one code path. This is
+system bringup: it may use every package (the UR5 driver's gripper check); none uses it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import yaml
 
 from vla_steering_node.share import share_file
 
+PACKAGE = "vla_steer_bringup"  # the launch files and their parameter files are in its share
+
 
 @dataclass(frozen=True)
 class NodeSpec:
@@ -23,6 +26,12 @@ class NodeSpec:
     namespace: str = ""
     parameters: dict = field(default_factory=dict)
     remappings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def full_name(self) -> str:
+        """The node's fully qualified name (``/robot1/vla_steering_node``), as services address it."""
+        namespace = self.namespace.strip("/")
+        return f"/{namespace}/{self.name}" if namespace else f"/{self.name}"
 
     def ros_args(self) -> list[str]:
         """Command-line form: --ros-args -r __node:=... -r __ns:=... -p k:=v -r from:=to."""
@@ -49,7 +58,7 @@ def read_parameters_file(path: str | Path, node_name: str) -> dict:
 def steering_node(params_file: str | Path | None = None, namespace: str = "", use_sim_time: bool = False,
                   **overrides) -> NodeSpec:
     """vla_steering_node with its parameters file, then launch-argument overrides (empty ones ignored)."""
-    params = read_parameters_file(params_file or share_file("config/steering_node.yaml"), "vla_steering_node")
+    params = read_parameters_file(params_file or share_file(PACKAGE, "config/steering_node.yaml"), "vla_steering_node")
     params.update({k: v for k, v in overrides.items() if v not in ("", None)})
     params["use_sim_time"] = bool(use_sim_time)
     return NodeSpec("vla_steering_node", "vla_steering_node", "vla_steering_node.node", "vla_steering_node",
@@ -121,7 +130,7 @@ def hardware(robot_ip: str = "", ur_type: str = "ur5", dry_run: bool = True, lim
                                                                               else []))))
     if not robot_ip:
         raise ValueError("robot_ip is required (or emulate:=true)")
-    params = read_parameters_file(limits_file or share_file("config/ur5_driver.yaml"), "ur5_driver")
+    params = read_parameters_file(limits_file or share_file(PACKAGE, "config/ur5_driver.yaml"), "ur5_driver")
     params.update(robot_ip=robot_ip, dry_run=bool(dry_run), servo_rate_hz=500.0 if ur_type == "ur5e" else 125.0)
     if camera:
         params["camera"] = camera
