@@ -25,6 +25,7 @@ ARGUMENTS = {
     "record": ("true", "record a rosbag2 (MCAP) bag"),
     "output_dir": ("bags", "where bags go"),
     "bag_name": ("", "the bag's name (default: run_<time>)"),
+    "split": ("", "run: one bag; episode: one bag per episode (default when episodes != 1)"),
     "video_dir": ("", "write an MP4 per episode here"),
     "namespace": ("", "namespace for all nodes"),
     "headless": ("true", "render offscreen with EGL (MUJOCO_GL=egl)"),

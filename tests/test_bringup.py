@@ -75,7 +75,12 @@ def test_simulation_flow_specs():
     assert steering.parameters["use_sim_time"] is True and steering.parameters["state_source"] == "libero"
     assert steering.parameters["steering.up.strength"] == 2.0 and steering.parameters["steering.slow.strength"] == 1.0
     assert bridge.parameters["suite"] == "libero_10" and bridge.parameters["task_id"] == 3
-    assert recorder.parameters == {"output_dir": "/tmp/b", "bag_name": "x", "use_sim_time": True}
+    assert recorder.parameters == {"output_dir": "/tmp/b", "bag_name": "x", "use_sim_time": True, "split": "run"}
+    # several episodes: a bag each (sim time restarts every episode, so one bag would overlap in time)
+    assert bringup.simulation(episodes=3)[0].parameters["split"] == "episode"
+    assert bringup.simulation(episodes=3, split="run")[0].parameters["split"] == "run"
+    with pytest.raises(ValueError, match="split"):
+        bringup.simulation(split="hourly")
     assert len(bringup.simulation(record=False)) == 2
     with pytest.raises(ValueError, match="concept=value"):
         bringup.simulation(strengths="up")

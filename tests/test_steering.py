@@ -57,6 +57,19 @@ def test_zero_strength_is_bit_identical(llama):
     assert torch.equal(logits(llama), baseline)
 
 
+def test_one_engine_per_model_and_removing_it_detaches_every_hook(llama):
+    baseline = logits(llama)
+    hooks = lambda: sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in llama.modules())  # noqa: E731
+    with SteeringEngine(llama, dictionary(up=Concept("up", ((0, 3),), strength=5.0))) as engine:
+        assert hooks() > 0 and not torch.equal(logits(llama), baseline)
+        with pytest.raises(ValueError, match="already has a steering engine"):
+            SteeringEngine(llama, dictionary(down=Concept("down", ((1, 2),), strength=5.0)))
+        assert engine.state.strengths == {"up": 5.0}
+    assert hooks() == 0 and torch.equal(logits(llama), baseline)
+    second = SteeringEngine(llama, dictionary(down=Concept("down", ((1, 2),), strength=5.0)))  # free again
+    second.remove()
+
+
 def test_clamp_scale_and_add_semantics(llama):
     concepts = dictionary(
         c=Concept("c", ((1, 4), (1, 9)), mode="clamp"),

@@ -61,7 +61,10 @@ class Client:
 
     def publish_observation(self) -> object:
         """A valid observation, all stamped now; the primary (agentview) image last, as it triggers."""
-        stamp = self.stamp()
+        return self.republish(self.stamp())
+
+    def republish(self, stamp) -> object:
+        """The observation stamped ``stamp`` (again)."""
         joints = JointState(name=[f"j{i}" for i in range(7)], position=[0.1] * 7)
         joints.header.stamp = stamp
         self.joints.publish(joints)
@@ -304,3 +307,44 @@ def test_fuzz_thousand_malformed_messages(running):
     client.instruction.publish(String(data="move left"))
     wait_for(lambda: False, 0.3, client.spin)
     client.act()
+
+
+def test_a_parameter_flood_never_stalls_inference(running):
+    """~45 sets a second (what a slider in a GUI sends) while observations keep coming: every
+    observation is answered, every set is taken, and the last one is what the next action carries."""
+    _, client = running
+
+    def request(value: float):
+        v = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+        return SetParameters.Request(parameters=[Parameter(name="steering.up.strength", value=v)])
+
+    def value(index: int) -> float:
+        return round(0.01 * (index % 100), 2)
+
+    futures, answered = [], 0
+    try:
+        next_set, end = time.monotonic(), time.monotonic() + 6.0
+        while time.monotonic() < end:
+            stamp, resend = client.publish_observation(), time.monotonic() + 1.0
+            deadline = time.monotonic() + 30.0
+            while not any(a.header.stamp == stamp for a in client.actions):
+                assert time.monotonic() < deadline, f"an observation went unanswered in the flood ({answered} were)"
+                if time.monotonic() >= next_set:  # sets go out on their own schedule, answered or not
+                    futures.append(client.set_client.call_async(request(value(len(futures)))))
+                    next_set += 1 / 45
+                if time.monotonic() >= resend:  # best-effort images: re-sent, as a bridge does
+                    client.republish(stamp)
+                    resend += 1.0
+                client.spin(0.002)
+            answered += 1
+        assert wait_for(lambda: all(f.done() for f in futures), 30, client.spin)
+        assert len(futures) >= 200 and all(f.result().results[0].successful for f in futures)
+        assert answered >= 3
+        last_value = value(len(futures) - 1)
+        assert client.get("steering.up.strength").double_value == last_value
+        last = client.act()
+        assert wait_for(lambda: any(s.header.stamp == last.header.stamp for s in client.steering), 5, client.spin)
+        state = next(s for s in client.steering if s.header.stamp == last.header.stamp).status[0]
+        assert float({kv.key: kv.value for kv in state.values}["strength.up"]) == last_value
+    finally:
+        assert client.set("steering.up.strength", 0.0).successful

@@ -422,3 +422,29 @@ def test_hardware_flow_against_the_emulator(tmp_path):
     bag = next((tmp_path / "bags").glob("run_*"))
     counts = bag_counts(bag)
     assert counts["/action_chunk"] > 0 and counts["/joint_states"] > 0 and counts["/camera/agentview/image_raw"] > 0
+
+
+def test_ctrl_c_in_a_terminal_stops_the_arm_without_a_traceback(tmp_path):
+    """`ros2 run ur5_driver ur5_driver`, then Ctrl-C: SIGINT to the whole foreground process group
+    (the driver and its controller-link child)."""
+    log = tmp_path / "commands.jsonl"
+    emulator = start_emulator(log, tmp_path)
+    driver = NodeProcess("ur5_driver.node", DOMAIN, {"robot_ip": "127.0.0.1", "dry_run": False},
+                         log=tmp_path / "driver.log", preexec_fn=os.setpgrp)  # its own group, as a terminal's job
+    rclpy.init()
+    client = Client()
+    try:
+        assert wait_for(lambda: len(client.joints) > 5 or not driver.alive(), 60, client.spin), driver.output()[-3000:]
+        client.send([[0, 0, 0.5, 0, 0, 0, -1]] * 40)  # two seconds of motion
+        assert wait_for(lambda: any(e["command"] == "servoL" for e in commands(log)), 10, client.spin)
+        os.killpg(driver.process.pid, signal.SIGINT)  # mid-motion
+        driver.process.wait(30)
+    finally:
+        code = driver.stop()
+        emulator.stop()
+        client.node.destroy_node()
+        rclpy.shutdown()
+    output = driver.output()
+    assert code == 0 and "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    names = [e["command"] for e in commands(log)]
+    assert names[-2:] == ["servoStop", "stopScript"], names[-10:]  # the arm stopped through the live session

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -241,6 +242,11 @@ class ControllerLink:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # The driver owns this process's life (it asks it to close, or kills it; its end closing ends
+    # this one). A Ctrl-C reaches the whole terminal group: ignored here, so the driver can still
+    # stop the arm through this session instead of finding it gone (and no traceback is printed).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parser = argparse.ArgumentParser(description="the ur_rtde session of ur5_driver (started by the driver)")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--options", required=True)

@@ -84,8 +84,11 @@ def sim_bridge(suite: str = "libero_spatial", task_id: int = 0, init_state: int 
 
 
 def recorder(output_dir: str = "bags", bag_name: str = "", use_sim_time: bool = True,
-             namespace: str = "") -> NodeSpec:
-    params = {"output_dir": output_dir, "bag_name": bag_name, "use_sim_time": bool(use_sim_time)}
+             namespace: str = "", split: str = "run") -> NodeSpec:
+    """bag_recorder; ``split: episode`` writes one bag per episode (sim time restarts each episode)."""
+    if split not in ("run", "episode"):
+        raise ValueError(f"split must be run or episode, got {split!r}")
+    params = {"output_dir": output_dir, "bag_name": bag_name, "use_sim_time": bool(use_sim_time), "split": split}
     return NodeSpec("vla_steering_node", "bag_recorder", "vla_steering_node.recorder", "bag_recorder",
                     namespace, params)
 
@@ -93,14 +96,16 @@ def recorder(output_dir: str = "bags", bag_name: str = "", use_sim_time: bool = 
 def simulation(suite: str = "libero_spatial", task_id: int = 0, init_state: int = 0, episodes: int = 1,
                max_steps: int = 0, image_size: int = 256, policy: str = "", checkpoint: str = "",
                dictionary: str = "", strengths: str = "", record: bool = True, output_dir: str = "bags",
-               bag_name: str = "", video_dir: str = "", namespace: str = "") -> list[NodeSpec]:
-    """The simulation flow: [recorder,] steering node (sim time, LIBERO state), LIBERO bridge."""
+               bag_name: str = "", video_dir: str = "", namespace: str = "", split: str = "") -> list[NodeSpec]:
+    """The simulation flow: [recorder,] steering node (sim time, LIBERO state), LIBERO bridge. Bags are
+    split per episode when a run has several (``split`` "" = episode if ``episodes`` != 1, else run)."""
     steering = steering_node(namespace=namespace, use_sim_time=True, state_source="libero", policy=policy,
                              checkpoint=checkpoint, **{"steering.dictionary": dictionary},
                              **parse_strengths(strengths))
     nodes = [steering, sim_bridge(suite, task_id, init_state, episodes, max_steps, image_size, video_dir, namespace)]
     if record:
-        nodes.insert(0, recorder(output_dir, bag_name, True, namespace))
+        split = split or ("run" if int(episodes) == 1 else "episode")
+        nodes.insert(0, recorder(output_dir, bag_name, True, namespace, split))
     return nodes
 
 

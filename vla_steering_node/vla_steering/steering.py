@@ -18,11 +18,15 @@ uses it, so a call is never torn. :meth:`SteeringEngine.applied` pins one plan
 across several calls (a whole ``generate`` or a whole denoising loop).
 With no concept active the hooks return at once: outputs are bit-identical to
 the unsteered model.
+
+One engine per model: a second one is refused until the first is removed
+(``remove()``, or leaving it as a context manager), which detaches its hooks.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,6 +69,9 @@ class SteeringPlan:
     layers: Mapping[tuple[str, int], LayerPlan] = field(default_factory=dict)
 
 
+_ENGINES: weakref.WeakKeyDictionary[nn.Module, SteeringEngine] = weakref.WeakKeyDictionary()  # one per model
+
+
 class SteeringEngine:
     """Steer a loaded model with the concepts of an intervention dictionary.
 
@@ -86,6 +93,9 @@ class SteeringEngine:
         self._stacks[None] = primary
         check_fits(model, dictionary)
         self._refuse_inert(inert_layers or {})
+        if model in _ENGINES:
+            raise ValueError("this model already has a steering engine; remove() it first (two engines on one "
+                             "model would both act on every call)")
         self._lock = threading.Lock()
         self._local = threading.local()
         self._strengths = {name: 0.0 for name in dictionary.concepts}
@@ -103,6 +113,7 @@ class SteeringEngine:
             key = (self._stacks[stack_name].name, layer)
             self._handles.append(down.register_forward_pre_hook(self._make_input_hook(key)))
             self._handles.append(down.register_forward_hook(self._make_output_hook(key)))
+        _ENGINES[model] = self
 
     # ----------------------------------------------------------------- control
     @property
@@ -161,10 +172,18 @@ class SteeringEngine:
             self._local.pinned = previous
 
     def remove(self) -> None:
-        """Detach every hook; the model is as it was."""
+        """Detach every hook; the model is as it was (and may be given another engine)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if _ENGINES.get(self.model) is self:
+            del _ENGINES[self.model]
+
+    def __enter__(self) -> SteeringEngine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
 
     # ---------------------------------------------------------------- internals
     def _check_strength(self, concept: str, strength: float) -> None:

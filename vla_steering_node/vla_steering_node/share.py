@@ -1,13 +1,12 @@
 """The one way to find a vla-steer package's installed data (config, launch files, dictionaries).
 
-Wherever a package runs from, its ``share/<package>`` is found, in order:
+Wherever a package runs from, the data that came with the running code is found first:
 
-1. through the ament index (``AMENT_PREFIX_PATH``: a sourced colcon install or a ROS distro);
-2. beside the package's own install prefix (``<prefix>/lib/pythonX.Y/site-packages/<package>``
-   -> ``<prefix>/share/<package>``: a pip install, or a colcon install whose setup script was
-   not sourced);
-3. this environment's ``sys.prefix/share`` (the pip path);
-4. the source tree (each package folder links ``config`` / ``launch`` to the top-level folders).
+1. where the package's module is: installed (``<prefix>/lib/pythonX.Y/site-packages/<package>``),
+   its prefix's ``share/<package>`` (a pip install, a colcon install, sourced or not); in a source
+   tree, the package's folder (which links ``config`` / ``launch`` to the top-level folders);
+2. then the ament index (``AMENT_PREFIX_PATH``: a sourced colcon install or a ROS distro);
+3. then this environment's ``sys.prefix/share`` (the pip path).
 
 Every package's Python package has the package's name, so the package's module locates it.
 """
@@ -22,19 +21,18 @@ from pathlib import Path
 def share_dirs(package: str) -> list[Path]:
     """The candidate share directories of ``package``, in the order they are searched."""
     candidates = []
+    spec = importlib.util.find_spec(package)
+    if spec is not None and spec.origin:
+        here = Path(spec.origin).resolve().parent  # .../site-packages/<package>, or the source package
+        installed = here.parent.name == "site-packages" and len(here.parents) > 4
+        candidates.append(here.parents[3] / "share" / package if installed else here.parent)
     try:
         from ament_index_python.packages import get_package_share_directory
 
         candidates.append(Path(get_package_share_directory(package)))
     except (ImportError, LookupError, OSError, ValueError):  # no ament index, or AMENT_PREFIX_PATH unset
         pass
-    spec = importlib.util.find_spec(package)
-    here = Path(spec.origin).resolve().parent if spec and spec.origin else None  # .../site-packages/<package>
-    if here is not None and here.parent.name == "site-packages" and len(here.parents) > 4:
-        candidates.append(here.parents[3] / "share" / package)
     candidates.append(Path(sys.prefix) / "share" / package)
-    if here is not None:
-        candidates.append(here.parent)  # the source tree's package folder
     return candidates
 
 
