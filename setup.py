@@ -37,13 +37,19 @@ def declared(package: str) -> tuple[dict, list[str]]:
 
 
 def ros_run_wrapper(package: str, entry: str) -> str:
-    """A ``lib/<package>/<name>`` script for an entry point ``name = module:function``."""
+    """A ``lib/<package>/<name>`` script for an entry point ``name = module:function``: it runs the
+    function with the Python of the environment it is installed in (``<prefix>/bin/python3``), so
+    ``ros2 run`` works whichever ``python3`` is first on PATH."""
     name, _, target = (part.strip() for part in entry.partition("="))
     module, _, function = target.partition(":")
     path = ROOT / "build" / "ros_executables" / package / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"#!/usr/bin/env python3\n\"\"\"`ros2 run {package} {name}` on the pip path.\"\"\"\nimport sys\n\n"
-                    f"from {module} import {function}\n\nsys.exit({function}())\n")
+    path.write_text(f"""#!/bin/sh
+# `ros2 run {package} {name}` on the pip path (generated from {package}/setup.cfg by setup.py)
+python="$(dirname "$0")/../../bin/python3"
+[ -x "$python" ] || python=python3
+exec "$python" -c 'import sys; from {module} import {function}; sys.argv[0] = "{name}"; sys.exit({function}())' "$@"
+""")
     path.chmod(0o755)
     return str(path.relative_to(ROOT))
 

@@ -1,45 +1,68 @@
-"""The pip path's install (scripts/setup.sh): importable outside the source tree, with what
-`ros2 run` and `ros2 launch` look up (ament index, share/, lib/)."""
+"""The pip path's install: into a fresh virtual environment (its dependencies seen from the
+project's, the project itself installed from scratch), importable outside the source tree with
+PYTHONPATH unset, with what `ros2 run` and `ros2 launch` look up (ament index, share/, lib/)."""
 
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
 from pathlib import Path
 
-from ros_harness import declared_executables
-
-PACKAGES = ("vla_steering_node", "sim_bridge", "ur5_driver", "vla_steer_bringup")
-
-
-def test_installed_modules_import_outside_the_source_tree(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    code = ("import vla_steering.policies, vla_steering_node.node, vla_steering_node.recorder, "
-            "vla_steer_bringup.evaluation, sim_bridge.node, ur5_driver.node, vla_steering.cli; print('ok')")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.stdout.strip() == "ok", result.stderr[-2000:]
-
+import pytest
+from ros_harness import PACKAGES, ROOT, declared_executables
 
 CHECK = Path(__file__).resolve().parent / "installed_bringup_check.py"
 
 
-def test_the_launch_files_bringup_finds_every_file_from_the_install(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AMENT_PREFIX_PATH")}
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> Path:
+    """A new venv holding only this project's install (dependencies through a .pth to the project's venv)."""
+    prefix = tmp_path_factory.mktemp("fresh") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(prefix)], check=True)
+    packages = next((prefix / "lib").glob("python3*")) / "site-packages"
+    (packages / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    build = tmp_path_factory.mktemp("build")
+    result = subprocess.run([sys.executable, "-m", "pip", "--python", str(prefix / "bin" / "python"), "install",
+                             "-q", "--no-deps", "--no-build-isolation", str(ROOT)], cwd=build, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return prefix
+
+
+def outside(tmp_path: Path) -> dict:
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AMENT_PREFIX_PATH")}
+
+
+def test_installed_modules_import_outside_the_source_tree(fresh, tmp_path):
+    code = ("import vla_steering.policies, vla_steering_node.node, vla_steering_node.recorder, "
+            "vla_steer_bringup.evaluation, sim_bridge.node, ur5_driver.node, vla_steering.cli, vla_steering_node; "
+            "print(vla_steering_node.__file__)")
+    result = subprocess.run([str(fresh / "bin" / "python"), "-c", code], cwd=tmp_path, env=outside(tmp_path),
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith(str(fresh)), result.stdout + result.stderr[-2000:]
+
+
+def test_the_launch_files_bringup_finds_every_file_from_the_install(fresh, tmp_path):
     script = tmp_path / CHECK.name
     script.write_text(CHECK.read_text())  # run from outside the source tree
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 0 and "site-packages" in result.stdout, result.stdout + result.stderr[-2000:]
+    result = subprocess.run([str(fresh / "bin" / "python"), str(script)], cwd=tmp_path, env=outside(tmp_path),
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and f"{fresh}/share" in result.stdout, result.stdout + result.stderr[-2000:]
 
 
-def test_ament_index_share_and_executables():
-    prefix = Path(sys.prefix)
+def test_ament_index_share_and_executables(fresh, tmp_path):
     for package in PACKAGES:
-        assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / package).exists()
-        assert (prefix / "share" / package / "package.xml").exists()
-    assert (prefix / "share" / "vla_steer_bringup" / "launch" / "steering_node.launch.py").exists()
-    assert (prefix / "share" / "vla_steering_node" / "config" / "demo_vla_dictionary.yaml").exists()
+        assert (fresh / "share" / "ament_index" / "resource_index" / "packages" / package).exists()
+        assert (fresh / "share" / package / "package.xml").exists()
+    assert (fresh / "share" / "vla_steer_bringup" / "launch" / "steering_node.launch.py").exists()
+    assert (fresh / "share" / "vla_steering_node" / "config" / "demo_vla_dictionary.yaml").exists()
     for package in PACKAGES:
         for exe in declared_executables(package):  # for `ros2 run`, and on PATH
-            for path in (prefix / "lib" / package / exe, prefix / "bin" / exe):
+            for path in (fresh / "lib" / package / exe, fresh / "bin" / exe):
                 assert path.exists() and os.access(path, os.X_OK), path
+    for exe in (fresh / "bin" / "vla-steer", fresh / "lib" / "vla_steering_node" / "vla-steer"):
+        env = dict(outside(tmp_path), PATH="/usr/bin:/bin")  # the venv not on PATH: ros2 run finds lib/ by prefix
+        help_text = subprocess.run([str(exe), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert help_text.returncode == 0 and "reindex" in help_text.stdout, help_text.stderr[-2000:]
