@@ -29,6 +29,7 @@ import rclpy  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from test_steering_node import Client  # noqa: E402
 
+from vla_steering import contract  # noqa: E402
 from vla_steering.policies import Observation, SteeredPolicy, make_policy  # noqa: E402
 from vla_steering.policies.demo_vla import render_scene  # noqa: E402
 
@@ -80,6 +81,11 @@ def main() -> None:
               f"{min(added):.1f}..{max(added):.1f} ms; node p10/p90 {np.percentile(latencies, 10) * 1e3:.1f}/"
               f"{np.percentile(latencies, 90) * 1e3:.1f} ms, bare p10/p90 {np.percentile(bare, 10) * 1e3:.1f}/"
               f"{np.percentile(bare, 90) * 1e3:.1f} ms")
+        wait_for(lambda: False, 1.2, client.spin)  # the node's next /diagnostics
+        inside = [{kv.key: kv.value for kv in s.values} for m in client.diagnostics for s in m.status
+                  if contract.LATENCY_KEY in {kv.key for kv in s.values}]
+        print(f"  the node's own inference latency (input taken -> chunk published, p50 of its last 200): "
+              f"{inside[-1][contract.LATENCY_KEY]} ms")
 
         before = len(client.actions)
         start = time.perf_counter()
