@@ -1,7 +1,11 @@
-"""Shared fixtures: tiny random decoders (exact checks) and the real SmolLM2 (meaning checks)."""
+"""Shared fixtures: tiny random decoders (exact checks), the real SmolLM2 (meaning checks), and a
+fresh pip install of the project (the product as users install it)."""
 
 from __future__ import annotations
 
+import site
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +63,19 @@ def smollm2_projection(smollm2):
                                        top_k=10, progress=False)
     projection.attach_tokens(tokenizer_decoder(tokenizer))
     return projection
+
+
+@pytest.fixture(scope="session")
+def fresh_install(tmp_path_factory) -> Path:
+    """A new venv holding only this project's install (dependencies through a .pth to the project's venv)."""
+    prefix = tmp_path_factory.mktemp("fresh") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(prefix)], check=True)
+    packages = next((prefix / "lib").glob("python3*")) / "site-packages"
+    (packages / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    build = tmp_path_factory.mktemp("build")
+    project = str(Path(__file__).resolve().parents[1])
+    result = subprocess.run([sys.executable, "-m", "pip", "--python", str(prefix / "bin" / "python"), "install",
+                             "-q", "--no-deps", "--no-build-isolation", project], cwd=build, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return prefix

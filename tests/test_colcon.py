@@ -1,8 +1,10 @@
 """ros2_ws builds with `colcon build`, with and without --symlink-install (colcon from PyPI; a ROS distro
-runs the same), and the plain install's bringup finds its data outside the source tree."""
+runs the same); from the plain install, outside the source tree with PYTHONPATH unset, the launch
+files' bringup finds its data and the evaluation runner completes the CI preset."""
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import subprocess
@@ -10,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ros_harness import PACKAGES, declared_executables
+from ros_harness import PACKAGES, declared_executables, unique_domain_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,3 +43,12 @@ def test_colcon_builds_the_workspace(tmp_path, symlink):
         run = subprocess.run(["bash", "-c", f". {install}/setup.sh && {sys.executable} {script}"], cwd=tmp_path,
                              env=env, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0 and str(install) in run.stdout, run.stdout + run.stderr[-2000:]
+        # `ros2 run vla_steer_bringup evaluation eval_ci` from the plain install: the CI preset completes
+        env.update(ROS_DOMAIN_ID=str(unique_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+        evaluation = install / "vla_steer_bringup" / "lib" / "vla_steer_bringup" / "evaluation"
+        run = subprocess.run(["bash", "-c", f". {install}/setup.sh && {evaluation} eval_ci --out {tmp_path}/eval"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+        rows = list(csv.DictReader((tmp_path / "eval" / "report" / "results.csv").open()))
+        assert [(r["condition"], r["steps"]) for r in rows] == [("baseline", "24"), ("up_2.0", "24")]
+        assert all(r["bag"].startswith(str(tmp_path / "eval" / "bags")) for r in rows)

@@ -1,7 +1,7 @@
 """The CI preset of the headless evaluation: bags, table and report, checked against the raw bags.
 
-It runs as users run it: the installed ``evaluation`` executable (scripts/setup.sh installs the
-project), outside the source tree with PYTHONPATH unset, the preset found by name, both cores kept
+It runs as users run it: the ``evaluation`` executable of a fresh pip install of the project,
+outside the source tree with PYTHONPATH unset, the preset found by name, both cores kept
 busy by other processes meanwhile. The same preset under a namespace gives the same metrics.
 """
 
@@ -27,13 +27,13 @@ DOMAIN = unique_domain_id()
 
 
 @pytest.fixture(scope="module")
-def evaluation(tmp_path_factory):
+def evaluation(tmp_path_factory, fresh_install):
     os.environ.update(ROS_DOMAIN_ID=str(DOMAIN), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     out = tmp_path_factory.mktemp("evaluation")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AMENT_PREFIX_PATH")}
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
     try:
-        run = subprocess.run([str(Path(sys.prefix) / "bin" / "evaluation"), "eval_ci", "--out", str(out)],
+        run = subprocess.run([str(fresh_install / "bin" / "evaluation"), "eval_ci", "--out", str(out)],
                              cwd=out, env=env, capture_output=True, text=True, timeout=1800)
     finally:
         for burner in burners:

@@ -5,37 +5,20 @@ PYTHONPATH unset, with what `ros2 run` and `ros2 launch` look up (ament index, s
 from __future__ import annotations
 
 import os
-import site
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-from ros_harness import PACKAGES, ROOT, declared_executables
+from ros_harness import PACKAGES, declared_executables
 
 CHECK = Path(__file__).resolve().parent / "installed_bringup_check.py"
-
-
-@pytest.fixture(scope="module")
-def fresh(tmp_path_factory) -> Path:
-    """A new venv holding only this project's install (dependencies through a .pth to the project's venv)."""
-    prefix = tmp_path_factory.mktemp("fresh") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(prefix)], check=True)
-    packages = next((prefix / "lib").glob("python3*")) / "site-packages"
-    (packages / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    build = tmp_path_factory.mktemp("build")
-    result = subprocess.run([sys.executable, "-m", "pip", "--python", str(prefix / "bin" / "python"), "install",
-                             "-q", "--no-deps", "--no-build-isolation", str(ROOT)], cwd=build, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return prefix
 
 
 def outside(tmp_path: Path) -> dict:
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AMENT_PREFIX_PATH")}
 
 
-def test_installed_modules_import_outside_the_source_tree(fresh, tmp_path):
+def test_installed_modules_import_outside_the_source_tree(fresh_install, tmp_path):
+    fresh = fresh_install
     code = ("import vla_steering.policies, vla_steering_node.node, vla_steering_node.recorder, "
             "vla_steer_bringup.evaluation, sim_bridge.node, ur5_driver.node, vla_steering.cli, vla_steering_node; "
             "print(vla_steering_node.__file__)")
@@ -44,7 +27,8 @@ def test_installed_modules_import_outside_the_source_tree(fresh, tmp_path):
     assert result.returncode == 0 and result.stdout.startswith(str(fresh)), result.stdout + result.stderr[-2000:]
 
 
-def test_the_launch_files_bringup_finds_every_file_from_the_install(fresh, tmp_path):
+def test_the_launch_files_bringup_finds_every_file_from_the_install(fresh_install, tmp_path):
+    fresh = fresh_install
     script = tmp_path / CHECK.name
     script.write_text(CHECK.read_text())  # run from outside the source tree
     result = subprocess.run([str(fresh / "bin" / "python"), str(script)], cwd=tmp_path, env=outside(tmp_path),
@@ -52,7 +36,8 @@ def test_the_launch_files_bringup_finds_every_file_from_the_install(fresh, tmp_p
     assert result.returncode == 0 and f"{fresh}/share" in result.stdout, result.stdout + result.stderr[-2000:]
 
 
-def test_ament_index_share_and_executables(fresh, tmp_path):
+def test_ament_index_share_and_executables(fresh_install, tmp_path):
+    fresh = fresh_install
     for package in PACKAGES:
         assert (fresh / "share" / "ament_index" / "resource_index" / "packages" / package).exists()
         assert (fresh / "share" / package / "package.xml").exists()
