@@ -404,7 +404,13 @@ def test_hardware_flow_against_the_emulator(tmp_path):
     started = [NodeProcess(processes[0].module, DOMAIN, log=tmp_path / "emulator.log",
                            ros_args=list(processes[0].arguments))]
     assert wait_for(lambda: port_open(30004) and port_open(29999), 30)
-    started += [NodeProcess(n.module, DOMAIN, log=tmp_path / f"{n.name}.log", ros_args=n.ros_args()) for n in nodes]
+    # the driver last, once the policy has loaded: on two loaded cores a start-up that starves the driver
+    # for the controller's 0.25 s watchdog stops the program (correctly: nothing moves until ~/resume_control)
+    steering, recorder = (NodeProcess(n.module, DOMAIN, log=tmp_path / f"{n.name}.log", ros_args=n.ros_args())
+                          for n in nodes[1:])
+    assert wait_for(lambda: "ready" in steering.output() or not steering.alive(), 120), steering.output()[-2000:]
+    driver = NodeProcess(nodes[0].module, DOMAIN, log=tmp_path / f"{nodes[0].name}.log", ros_args=nodes[0].ros_args())
+    started += [driver, steering, recorder]
     client = Client()
     log = tmp_path / "bags" / "emulator_commands.jsonl"
     try:
