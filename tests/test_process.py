@@ -17,18 +17,20 @@ from vla_steering_node import process  # noqa: E402
 
 
 class Flaky(Node):
-    """A timer callback that raises on its first two calls, then counts."""
+    """A timer callback that raises (``error(text)``) on its calls ``failing``, and is done at call ``done_at``."""
 
-    def __init__(self):
-        super().__init__("flaky_test_node")
+    def __init__(self, name: str = "flaky_test_node", period: float = 0.01, failing: tuple = (1, 2),
+                 done_at: int = 5, error: type = RuntimeError, text: str = "boom"):
+        super().__init__(name)
         self.calls, self.done = 0, threading.Event()
-        self.create_timer(0.01, self.on_timer)
+        self.failing, self.done_at, self.error, self.text = failing, done_at, error, text
+        self.create_timer(period, self.on_timer)
 
     def on_timer(self):
         self.calls += 1
-        if self.calls <= 2:
-            raise RuntimeError(f"boom {self.calls}")
-        if self.calls >= 5:
+        if self.calls in self.failing:
+            raise self.error(f"{self.text} {self.calls}")
+        if self.calls >= self.done_at:
             self.done.set()
 
 
@@ -48,20 +50,9 @@ def test_a_callback_exception_is_reported_and_the_executor_keeps_serving():
     assert served == [True]  # and the executor ran the timer on to its fifth call
 
 
-class LateFlaky(Node):
-    """A timer callback that raises twice once a listener has had time to discover the node."""
-
-    def __init__(self):
-        super().__init__("late_flaky_test_node")
-        self.calls, self.done = 0, threading.Event()
-        self.create_timer(0.1, self.on_timer)
-
-    def on_timer(self):
-        self.calls += 1
-        if self.calls in (20, 21):
-            raise ValueError(f"late boom {self.calls}")
-        if self.calls >= 25:
-            self.done.set()
+def late_flaky() -> Flaky:
+    """Raises twice only once a listener has had time (2 s) to discover the node."""
+    return Flaky("late_flaky_test_node", 0.1, (20, 21), 25, ValueError, "late boom")
 
 
 def test_a_callback_exception_is_reported_on_diagnostics():
@@ -80,7 +71,7 @@ def test_a_callback_exception_is_reported_on_diagnostics():
                                daemon=True)
     spinner.start()
     try:
-        process.run(LateFlaky, lambda node: node.done.wait(20), (), "late_flaky")
+        process.run(late_flaky, lambda node: node.done.wait(20), (), "late_flaky")
     finally:
         listening.set()
         spinner.join(5)

@@ -58,13 +58,12 @@ CLOCK = Topic("/clock", "rosgraph_msgs/msg/Clock", "reliable", 10)
 
 RECORDED = (*(camera(c) for c in CAMERAS), JOINT_STATES, EE_POSE, INSTRUCTION, ACTION_CHUNK, STEERING_STATE,
             EPISODE_EVENTS, DIAGNOSTICS)  # what bag_recorder records by default
-
+_BY_BAG_NAME = {t.in_bag: t for t in (*RECORDED, *(compressed_camera(c) for c in CAMERAS), CLOCK)}
 
 
 def by_bag_name(name: str) -> Topic | None:
     """The contract's topic behind a (namespace-relative) bag topic name, or None."""
-    known = {t.in_bag: t for t in (*RECORDED, *(compressed_camera(c) for c in CAMERAS), CLOCK)}
-    return known.get(name)
+    return _BY_BAG_NAME.get(name)
 
 
 CONTROL_PERIOD_S = 0.05  # 20 Hz: the points of an action chunk are this far apart

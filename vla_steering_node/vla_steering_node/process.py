@@ -1,5 +1,5 @@
 """The process shape every node here shares: the executor spins in a background thread while the
-main thread does the node's work; SIGINT / SIGTERM (rclpy's handlers) end both cleanly. An
+main thread does the node's work; the first SIGINT / SIGTERM ends both cleanly. An
 exception in a callback is logged with its traceback, reported on /diagnostics (level ERROR) and
 handed to the node's ``on_error``; the executor goes on serving every other callback (it never
 dies silently under a live process).
@@ -39,11 +39,14 @@ def _spin(executor: SingleThreadedExecutor, node: Node, on_error: Callable[[Node
             node.get_logger().error(f"a callback failed and was skipped: {type(error).__name__}: {error}\n"
                                     + "".join(traceback.format_exception(error)))
             failures += 1
-            diagnostics.publish(diagnostics_message(
-                f"{node.get_name()}: callback error", node.get_fully_qualified_name(), DiagnosticStatus.ERROR,
-                f"a callback failed and was skipped: {type(error).__name__}: {error}",
-                {"callback_errors": failures, "error_type": type(error).__name__},
-                node.get_clock().now().to_msg()))
+            try:
+                diagnostics.publish(diagnostics_message(
+                    f"{node.get_name()}: callback error", node.get_fully_qualified_name(), DiagnosticStatus.ERROR,
+                    f"a callback failed and was skipped: {type(error).__name__}: {error}",
+                    {"callback_errors": failures, "error_type": type(error).__name__},
+                    node.get_clock().now().to_msg()))
+            except RuntimeError:  # the context went down meanwhile: nothing left to report to
+                return
             if on_error is not None:
                 on_error(node, error)
 
