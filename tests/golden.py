@@ -14,8 +14,8 @@ import pytest
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 PROJECT_GOLDEN = Path(__file__).resolve().parent / "golden_sets"
-SALTS = {"openvla": "vla-steer-golden-A-openvla", "pi0": "vla-steer-golden-A-pi0",
-         "openpi_pi0": "vla-steer-golden-openpi-pi0"}
+SALTS = {"openvla": "vla-steer-golden-A-openvla", "pi0": "vla-steer-golden-A-pi0", "pi05": "vla-steer-golden-A-pi05",
+         "smolvla": "vla-steer-golden-A-smolvla", "openpi_pi0": "vla-steer-golden-openpi-pi0"}
 
 
 def golden_dir(family: str) -> Path:
@@ -51,3 +51,22 @@ def expected(family: str, name: str, subset: str = "expected") -> np.ndarray:
 
 def max_abs(a, b) -> float:
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def lerobot_observation(family: str, **replace):
+    """The inputs of a LeRobot set (pi0, pi0.5, SmolVLA) as an Observation under LeRobot's camera names."""
+    from PIL import Image
+
+    from vla_steering.policies import Observation
+
+    inputs = golden_dir(family) / "inputs"
+    images = {name: np.asarray(Image.open(inputs / f"{file}.png").convert("RGB"))
+              for name, file in (("image", "agentview"), ("wrist_image", "wrist"))}
+    images.update(replace)
+    return Observation(images, np.load(inputs / "state.npy"), (inputs / "instruction.txt").read_text())
+
+
+def golden_noise(family: str):
+    import torch
+
+    return torch.from_numpy(np.load(golden_dir(family) / "inputs" / "noise.npy"))

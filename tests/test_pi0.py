@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from golden import checkpoint, expected, golden_dir, max_abs
+from golden import checkpoint, expected, golden_dir, lerobot_observation, max_abs
+from golden import golden_noise as noise_of
 from ros_harness import SOURCE_PATH
 
 from vla_steering.dictionaries import Concept, DictionaryError, InterventionDictionary
@@ -26,17 +27,11 @@ TOLERANCE = 1e-4  # the golden README's bound for fp32; float noise is ~1e-6
 
 
 def golden_observation(**replace) -> Observation:
-    from PIL import Image
-
-    inputs = golden_dir(FAMILY) / "inputs"
-    images = {name: np.asarray(Image.open(inputs / f"{file}.png").convert("RGB"))
-              for name, file in (("image", "agentview"), ("wrist_image", "wrist"))}
-    images.update(replace)
-    return Observation(images, np.load(inputs / "state.npy"), (inputs / "instruction.txt").read_text())
+    return lerobot_observation(FAMILY, **replace)
 
 
 def golden_noise() -> torch.Tensor:
-    return torch.from_numpy(np.load(golden_dir(FAMILY) / "inputs" / "noise.npy"))
+    return noise_of(FAMILY)
 
 
 @pytest.fixture(scope="module")

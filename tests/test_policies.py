@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -111,9 +110,9 @@ def test_factory_errors():
         make_policy("demo", seed=1)
     with pytest.raises(ValueError, match=r"'openvla' takes no option tokenizer; its options: \['center_crop_scale'"):
         make_policy("openvla", "/some/checkpoint", tokenizer="x")
-    if importlib.util.find_spec("lerobot") is None:
-        with pytest.raises(ImportError, match="LeRobot"):
-            make_policy("smolvla", "/some/checkpoint")
+    for name in ("pi05", "smolvla"):
+        with pytest.raises(FileNotFoundError, match="not found"):
+            make_policy(name, "/no/such/checkpoint")
 
 
 # ---------------------------------------------------------------- LIBERO adapters

@@ -132,6 +132,46 @@ def test_steering_node_drives_the_simulation(ros, tmp_path, suite, task):
     assert bridge_status and values(bridge_status[-1])["no_op_steps"] == "0"
 
 
+@pytest.mark.golden
+@pytest.mark.parametrize(("family", "option", "folder"), [("pi05", "tokenizer", "paligemma_tokenizer_standin"),
+                                                          ("smolvla", "vlm", "smolvlm2_standin")])
+def test_a_flow_matching_backend_drives_a_libero_episode_steered(ros, tmp_path, family, option, folder):
+    """The node loads the golden-size LeRobot folder, steers its action expert, and its chunks drive the episode."""
+    import yaml
+    from golden import checkpoint, golden_dir
+
+    from vla_steering.dictionaries import Concept, InterventionDictionary, to_native
+
+    concept = Concept("push", ((1, 2), (1, 20), (1, 41)), strength=0.0, stack="expert.layers")
+    dictionary = tmp_path / "expert.yaml"
+    dictionary.write_text(yaml.safe_dump(to_native(InterventionDictionary({"push": concept}))))
+    watcher = Watcher()
+    applied: list[str] = []
+    watcher.node.create_subscription(DiagnosticArray, "steering_state",
+                                     lambda m: applied.extend(s.message for s in m.status), 10)
+    steering = start_spec(bringup.steering_node(
+        use_sim_time=True, state_source="libero", policy=family, checkpoint=str(checkpoint(family)),
+        execute_steps=3, **{option: str(golden_dir(family) / folder), "steering.dictionary": str(dictionary),
+                            "steering.push.strength": 8.0}), DOMAIN, log=tmp_path / "steering.log")
+    process = bridge("libero_spatial", 0, 6, tmp_path / "bridge.log")
+    try:
+        assert wait_for(lambda: watcher.outcome() is not None or not process.alive(), 400, watcher.spin), \
+            process.output()[-3000:] + steering.output()[-3000:]
+        wait_for(lambda: False, 0.3, watcher.spin)
+        process.process.wait(60)
+    finally:
+        bridge_code = process.stop()
+        steering_code = steering.stop()
+        watcher.node.destroy_node()
+    assert bridge_code == 0 and steering_code == 0, process.output()[-2000:] + steering.output()[-2000:]
+    end = values(watcher.outcome())
+    assert end["steps"] == "6" and end["no_op_steps"] == "0", steering.output()[-2000:]
+    assert len(watcher.actions) == 2 and all(len(a.points) == 3 and len(a.points[0].positions) == 7
+                                             for a in watcher.actions)
+    assert watcher.actions[0].points[0].positions != watcher.actions[1].points[0].positions  # a new observation
+    assert applied == ["push=8"] * 2  # each chunk computed with the concept applied
+
+
 def test_services_choose_task_and_init_state_and_videos_are_written(ros, tmp_path):
     import cv2
     from std_srvs.srv import Trigger

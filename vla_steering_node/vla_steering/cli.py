@@ -185,7 +185,7 @@ def cmd_act(args: argparse.Namespace) -> int:
     state = np.asarray(args.state, np.float32) if args.state else np.zeros(8, np.float32)
     observation = Observation({"camera": image}, state, args.instruction)
     given = {"unnorm_key": args.unnorm_key, "center_crop_scale": args.center_crop_scale, "dtype": args.dtype,
-             "seed": args.noise_seed, "tokenizer": args.tokenizer, "asset_id": args.asset_id}
+             "seed": args.noise_seed, "tokenizer": args.tokenizer, "asset_id": args.asset_id, "vlm": args.vlm}
     options = {k: v for k, v in given.items() if v is not None and k in POLICY_OPTIONS.get(args.policy, {})}
     ignored = sorted(k for k, v in given.items() if v is not None and k not in options)
     if ignored:
@@ -304,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unnorm-key", help="openvla: the dataset whose action statistics un-normalise")
     p.add_argument("--center-crop-scale", type=float, help="openvla: area kept by the evaluation center crop")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), help="openvla: weights' dtype (default bfloat16)")
-    p.add_argument("--noise-seed", type=int, help="pi0: seed of the flow-matching noise")
-    p.add_argument("--tokenizer", help="pi0: local folder of the PaliGemma tokenizer")
+    p.add_argument("--noise-seed", type=int, help="pi0, pi05, smolvla: seed of the flow-matching noise")
+    p.add_argument("--tokenizer", help="pi0, pi05: local folder of the PaliGemma tokenizer")
+    p.add_argument("--vlm", help="smolvla: local folder of the SmolVLM2 backbone's config and tokenizer")
     p.add_argument("--asset-id", help="pi0, openpi folders: which assets/<id>/norm_stats.json")
     p.set_defaults(func=cmd_act)
 

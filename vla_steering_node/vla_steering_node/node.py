@@ -49,7 +49,7 @@ from vla_steering_node.share import share_file
 
 # the backends' loader options as read-only parameters ("" = the backend's default)
 POLICY_OPTION_DEFAULTS = {"unnorm_key": "", "center_crop_scale": 1.0, "dtype": "bfloat16", "seed": 0, "tokenizer": "",
-                          "asset_id": ""}
+                          "asset_id": "", "vlm": ""}
 
 
 def default_dictionary() -> str:

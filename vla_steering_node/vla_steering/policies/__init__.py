@@ -25,8 +25,8 @@ POLICIES = {
     "demo": "vla_steering.policies.demo_vla:DemoVLAPolicy",
     "openvla": "vla_steering.policies.openvla:OpenVLAPolicy",
     "pi0": "vla_steering.policies.pi0:Pi0Policy",
-    "pi05": "vla_steering.policies.lerobot:LeRobotPolicy",
-    "smolvla": "vla_steering.policies.lerobot:LeRobotPolicy",
+    "pi05": "vla_steering.policies.pi05:Pi05Policy",
+    "smolvla": "vla_steering.policies.smolvla:SmolVLAPolicy",
 }
 NEEDS_CHECKPOINT = ("openvla", "pi0", "pi05", "smolvla")
 # what each backend's loader takes beyond the checkpoint and device, and each option's meaning
@@ -37,6 +37,11 @@ POLICY_OPTIONS: dict[str, dict[str, str]] = {
     "pi0": {"seed": "seed of the flow-matching noise (every prediction)",
             "tokenizer": "local folder of the PaliGemma tokenizer (default: the local Hugging Face cache)",
             "asset_id": "openpi folders: which assets/<id>/norm_stats.json (needed when there are several)"},
+    "pi05": {"seed": "seed of the flow-matching noise (every prediction)",
+             "tokenizer": "local folder of the PaliGemma tokenizer (default: the local Hugging Face cache)"},
+    "smolvla": {"seed": "seed of the flow-matching noise (every prediction)",
+                "vlm": "local folder of the SmolVLM2 backbone's config, processor and tokenizer "
+                       "(default: the local Hugging Face cache, by the name config.json gives)"},
 }
 
 
@@ -57,8 +62,6 @@ def make_policy(name: str, checkpoint: str = "", device: str = "cpu", **options)
     policy_class = getattr(importlib.import_module(module_name), class_name)
     if name == "demo":
         return policy_class()
-    if name in ("pi05", "smolvla"):
-        return policy_class(name, checkpoint, device=device)
     return policy_class.from_pretrained(checkpoint, device=device, **options)
 
 

@@ -41,24 +41,35 @@ def read_policy_config(folder: Path, policy_type: str) -> dict:
     return config
 
 
-def load_tokenizer(name: str, local_path: str | Path | None = None):
-    """A tokenizer from ``local_path``, else from the local Hugging Face cache by ``name``; never downloaded."""
+def local_folder(name: str, local_path: str | Path | None, what: str, option: str) -> Path:
+    """``local_path``, else the snapshot of hub id ``name`` in the local Hugging Face cache; never downloaded.
+
+    Args:
+        what: what the folder holds, for the error ("the policy's tokenizer").
+        option: the option that names a local folder instead, for the error.
+    """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
-    from transformers import AutoTokenizer
 
     if local_path:
         source = Path(local_path).expanduser()
         if not source.is_dir():
-            raise FileNotFoundError(f"tokenizer folder {source} does not exist")
-    else:
-        try:
-            source = Path(snapshot_download(name, local_files_only=True))
-        except (LocalEntryNotFoundError, OSError, ValueError) as error:
-            raise FileNotFoundError(
-                f"the policy's tokenizer {name!r} is not in the local Hugging Face cache and is never downloaded "
-                f"here; pass the path of a folder holding it (tokenizer.json, tokenizer_config.json) as "
-                f"tokenizer") from error
+            raise FileNotFoundError(f"{what} folder {source} does not exist")
+        return source
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError) as error:
+        raise FileNotFoundError(
+            f"{what} {name!r} is not in the local Hugging Face cache and is never downloaded here; pass the "
+            f"path of a folder holding it as {option}") from error
+
+
+def load_tokenizer(name: str, local_path: str | Path | None = None):
+    """A tokenizer from ``local_path``, else from the local Hugging Face cache by ``name``; never downloaded."""
+    from transformers import AutoTokenizer
+
+    source = local_folder(name, local_path, "the policy's tokenizer",
+                          "tokenizer (a folder with tokenizer.json, tokenizer_config.json)")
     return AutoTokenizer.from_pretrained(str(source), local_files_only=True)
 
 
@@ -192,11 +203,12 @@ def _normalize(normalizer: Normalizer, inverse: bool) -> Step:
 
 
 def read_pipeline(folder: Path, file_name: str, tokenizer_path: str | Path | None = None,
-                  known_steps: Mapping[str, Step] | None = None) -> Pipeline:
+                  known_steps: Mapping[str, Callable[[Mapping], Step]] | None = None) -> Pipeline:
     """Read ``folder/file_name`` (a LeRobot ``PolicyProcessorPipeline``) into callable steps.
 
     Args:
-        known_steps: extra, policy-specific steps that take no configuration (registry name -> step).
+        known_steps: extra, policy-specific steps (registry name -> a function from the step's ``config``
+            to the step).
     """
     path = folder / file_name
     if not path.exists():
@@ -219,10 +231,11 @@ def read_pipeline(folder: Path, file_name: str, tokenizer_path: str | Path | Non
             pipeline.steps.append((name, _normalize(Normalizer.from_step(step, folder),
                                                     inverse=name == "unnormalizer_processor")))
         elif known_steps and name in known_steps:
-            pipeline.steps.append((name, known_steps[name]))
+            pipeline.steps.append((name, known_steps[name](config)))
         else:
             raise ProcessorError(f"{path}: processor step {name!r} is not supported by this backend")
     return pipeline
 
 
-NEW_LINE_STEPS = {"pi0_new_line_processor": _new_line}
+NEW_LINE_STEPS = {"pi0_new_line_processor": lambda config: _new_line,
+                  "smolvla_new_line_processor": lambda config: _new_line}

@@ -74,7 +74,8 @@ class GemmaDims:
                 "head_dim": self.head_dim, "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6}
 
 
-def _gemma_dims(shapes: Mapping[str, tuple[int, ...]], layers: str) -> GemmaDims:
+def gemma_dims(shapes: Mapping[str, tuple[int, ...]], layers: str) -> GemmaDims:
+    """A Gemma stack's dimensions from its published tensors' shapes (one KV head, as pi0's)."""
     depth = len({m[1] for name in shapes if (m := re.match(re.escape(layers) + r"\.(\d+)\.", name))})
     first = f"{layers}.0."
     try:
@@ -85,6 +86,15 @@ def _gemma_dims(shapes: Mapping[str, tuple[int, ...]], layers: str) -> GemmaDims
                               f"with {sorted(shapes)[:3]}") from None
     head_dim = k[0]  # one KV head
     return GemmaDims(width=q[1], depth=depth, mlp=mlp, heads=q[0] // head_dim, head_dim=head_dim)
+
+
+def paligemma_config(text: GemmaDims, vocab: int, resolution: int) -> dict:
+    """The PaliGemma of pi0 and pi0.5: SigLIP so400m/14 at ``resolution`` and a Gemma of ``text``'s dimensions."""
+    return {"model_type": "paligemma", "text_config": {**text.config(), "vocab_size": vocab},
+            "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
+                              "num_hidden_layers": 27, "num_attention_heads": 16, "patch_size": 14,
+                              "image_size": resolution, "vision_use_head": False},
+            "projection_dim": text.width, "image_token_id": IMAGE_TOKEN_ID}
 
 
 def pi0_converter(root: str) -> callable:
@@ -171,17 +181,11 @@ class Pi0Policy(Policy):
             config = read_policy_config(path, "pi0")
         shapes = tensor_names(path)
         root = "model." if any(n.startswith("model.paligemma_with_expert.") for n in shapes) else ""
-        vlm = _gemma_dims(shapes, f"{root}paligemma_with_expert.paligemma.model.language_model.layers")
-        expert = _gemma_dims(shapes, f"{root}paligemma_with_expert.gemma_expert.model.layers")
+        vlm = gemma_dims(shapes, f"{root}paligemma_with_expert.paligemma.model.language_model.layers")
+        expert = gemma_dims(shapes, f"{root}paligemma_with_expert.gemma_expert.model.layers")
         vocab = shapes[f"{root}paligemma_with_expert.paligemma.lm_head.weight"][0]
-        resolution = int(config.get("image_resolution", [224])[0])
         pi0_config = PI0Config(
-            vlm_config={"model_type": "paligemma", "text_config": {**vlm.config(), "vocab_size": vocab},
-                        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152,
-                                          "intermediate_size": 4304, "num_hidden_layers": 27,
-                                          "num_attention_heads": 16, "patch_size": 14, "image_size": resolution,
-                                          "vision_use_head": False},
-                        "projection_dim": vlm.width, "image_token_id": IMAGE_TOKEN_ID},
+            vlm_config=paligemma_config(vlm, vocab, int(config.get("image_resolution", [224])[0])),
             dit_config=expert.config(), chunk_size=int(config["chunk_size"]),
             max_state_dim=int(config["max_state_dim"]), max_action_dim=int(config["max_action_dim"]),
             num_inference_steps=int(config["num_inference_steps"]),
