@@ -1,9 +1,14 @@
-"""Benchmark the native OpenVLA and pi0 backends at the golden sizes; prints the figures for BENCHMARKS.md.
+"""Benchmark the native backends at the golden sizes (and SmolVLA at its real size); prints BENCHMARKS.md's figures.
 
 Per backend, each in its own process (so that peak memory is its own): load time from a
 warm page cache, peak resident memory, time per prediction (median), and the steering
 overhead as the median of back-to-back steered/unsteered pair ratios (order alternating,
-so the machine's drift cancels in each pair), with a 3-neuron clamp on a middle layer.
+so the machine's drift cancels in each pair), with a 3-neuron clamp on a middle layer of the
+(primary) VLM stack.
+
+``smolvla-real`` is SmolVLA at ``lerobot/smolvla_base``'s sizes (SmolVLM2-500M with 16 of its 32
+text layers kept, 512-pixel images, a 720-wide expert): no real weights are available offline, so
+random ones in the published layout are written once into the cache (about 1.8 GB).
 
 Run: PYTHONPATH=vla_steering_node:tests .venv/bin/python benchmarks/backends.py
 (the golden folders are rebuilt into the cache by tests/golden.py if absent).
@@ -21,7 +26,60 @@ import time
 import numpy as np
 
 CASES = {"openvla-fp32": ("openvla", {"dtype": "float32"}), "openvla-bf16": ("openvla", {"dtype": "bfloat16"}),
-         "pi0-fp32": ("pi0", {})}
+         "pi0-fp32": ("pi0", {}), "pi05-fp32": ("pi05", {}), "smolvla-fp32": ("smolvla", {}),
+         "smolvla-real": ("smolvla", {})}
+# SmolVLM2-500M-Video-Instruct's and smolvla_base's sizes (the golden set's architecture.json)
+REAL_SMOLVLM = {"text": {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
+                         "num_attention_heads": 15, "num_key_value_heads": 5, "head_dim": 64, "vocab_size": 49280},
+                "vision": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                           "num_attention_heads": 12, "patch_size": 16, "image_size": 512},
+                "scale_factor": 4, "kept_layers": 16, "expert_width": 720, "expert_mlp": 2048}
+
+
+def real_smolvla_folder():
+    """A SmolVLA folder at the real sizes with random weights under LeRobot's names (written once)."""
+    import json
+    import os
+    import shutil
+    from pathlib import Path
+
+    import torch
+    from golden import golden_dir
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    from vla_steering.policies.smolvla import PUBLISHED, SmolVLAModel, smolvla_sizes
+
+    out = Path(os.environ.get("VLA_STEER_CACHE", Path.home() / ".cache" / "vla_steer")) / "bench" / "smolvla-real"
+    if (out / ".complete").exists():
+        return out
+    source = golden_dir("smolvla")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(source / "smolvlm2_standin", out / "smolvlm2_standin")
+    for item in source.glob("policy_*"):
+        shutil.copy(item, out / item.name)
+    config = json.loads((source / "config.json").read_text())
+    config.update(num_vlm_layers=REAL_SMOLVLM["kept_layers"], resize_imgs_with_padding=[512, 512])
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    backbone = json.loads((source / "smolvlm2_standin" / "config.json").read_text())
+    backbone["text_config"].update(REAL_SMOLVLM["text"])
+    backbone["vision_config"].update(REAL_SMOLVLM["vision"])
+    backbone["scale_factor"] = REAL_SMOLVLM["scale_factor"]
+    (out / "smolvlm2_standin" / "config.json").write_text(json.dumps(backbone, indent=2))
+    vlm = AutoConfig.from_pretrained(str(out / "smolvlm2_standin"))
+    vlm.text_config.num_hidden_layers = REAL_SMOLVLM["kept_layers"]
+    sizes = smolvla_sizes(config, vlm.text_config, REAL_SMOLVLM["kept_layers"])
+    torch.manual_seed(0)
+    model = SmolVLAModel(vlm, REAL_SMOLVLM["expert_width"], REAL_SMOLVLM["expert_mlp"], sizes)
+    published = {"vlm.": PUBLISHED + "vlm.model.", "lm_head.": PUBLISHED + "vlm.lm_head.",
+                 "expert.": PUBLISHED + "lm_expert."}
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        prefix = next((p for p in published if name.startswith(p)), None)
+        tensors[published[prefix] + name[len(prefix):] if prefix else "model." + name] = tensor.contiguous()
+    save_file(tensors, out / "model.safetensors")
+    (out / ".complete").write_text("random weights at smolvla_base's sizes\n")
+    return out
 
 
 def observation(family: str):
@@ -44,20 +102,21 @@ def observation(family: str):
 def run_case(name: str, pairs: int) -> None:
     from golden import checkpoint
 
+    from vla_steering.anatomy import primary_stack
     from vla_steering.dictionaries import Concept, InterventionDictionary
     from vla_steering.policies import make_policy, steer
 
     family, options = CASES[name]
-    folder = checkpoint(family)
-    if family == "pi0":
+    folder = real_smolvla_folder() if name == "smolvla-real" else checkpoint(family)
+    if family in ("pi0", "pi05"):
         options = {"tokenizer": str(folder / "paligemma_tokenizer_standin")}
+    elif family == "smolvla":
+        options = {"vlm": str(folder / "smolvlm2_standin")}
     make_policy(family, str(folder), **options)  # warm the page cache
     start = time.perf_counter()
     policy = make_policy(family, str(folder), **options)
     load = time.perf_counter() - start
-    stack = policy.model.language_model.model.layers if family == "openvla" else \
-        policy.model.model.vlm.language_model.layers
-    layer = len(stack) // 2
+    layer = primary_stack(policy.model).num_layers // 2
     steered = steer(policy, InterventionDictionary({"c": Concept("c", tuple((layer, n) for n in (3, 40, 77)))}))
     obs = observation(family)
     steered.act(obs)

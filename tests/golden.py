@@ -1,5 +1,6 @@
 """The golden reference sets: ../shared/golden's, and the ones this project made in the same format
-(tests/golden_sets: openpi's PyTorch pi0 layout); checkpoint folders rebuilt from their salt, expected arrays."""
+(tests/golden_sets: openpi's PyTorch pi0 and pi0.5 layouts); checkpoint folders rebuilt from their salt, expected
+arrays."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 PROJECT_GOLDEN = Path(__file__).resolve().parent / "golden_sets"
 SALTS = {"openvla": "vla-steer-golden-A-openvla", "pi0": "vla-steer-golden-A-pi0", "pi05": "vla-steer-golden-A-pi05",
-         "smolvla": "vla-steer-golden-A-smolvla", "openpi_pi0": "vla-steer-golden-openpi-pi0"}
+         "smolvla": "vla-steer-golden-A-smolvla", "openpi_pi0": "vla-steer-golden-openpi-pi0",
+         "openpi_pi05": "vla-steer-golden-openpi-pi05"}
 
 
 def golden_dir(family: str) -> Path:

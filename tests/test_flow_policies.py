@@ -1,5 +1,6 @@
 """pi0.5 and SmolVLA from LeRobot 0.4 policy folders, against what LeRobot 0.4.4's PI05Policy and SmolVLAPolicy
-computed (../shared/golden/pi05, ../shared/golden/smolvla): every stage, steered and not.
+computed (../shared/golden/pi05, ../shared/golden/smolvla): every stage, steered and not; and pi0.5 from openpi's own
+PyTorch folder against openpi's PI0Pytorch with its pi05_libero transforms (tests/golden_sets/openpi_pi05).
 
 SmolVLA is compared with ``expected_intended_posids/``: the vision tower's patch positions as intended, not as
 transformers 4.55.1 - 4.57 shift them (the set's README)."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,9 +18,10 @@ import torch
 from golden import checkpoint, expected, golden_dir, golden_noise, lerobot_observation, max_abs
 
 from vla_steering.dictionaries import Concept, DictionaryError, InterventionDictionary
-from vla_steering.policies import make_policy, steer
+from vla_steering.policies import Observation, make_policy, steer
 from vla_steering.policies.checkpoint import CheckpointError
 from vla_steering.policies.lerobot_processing import ProcessorError, read_pipeline
+from vla_steering.policies.pi0 import Pi0Policy
 from vla_steering.policies.pi05 import Pi05Policy
 from vla_steering.policies.smolvla import SmolVLAPolicy
 
@@ -204,10 +207,66 @@ def test_smolvlas_backbone_comes_from_the_local_cache_by_name_and_is_never_downl
         SmolVLAPolicy.from_pretrained(checkpoint("smolvla"))
 
 
-def test_a_folder_of_another_policy_type_or_layout_is_refused(tmp_path):
-    smolvla = checkpoint("smolvla")
+def test_a_folder_of_another_policy_type_is_refused_naming_it():
     with pytest.raises(ValueError, match="describes a 'smolvla' policy, not 'pi05'"):
-        Pi05Policy.from_pretrained(smolvla)
-    (tmp_path / "config.json").write_text(json.dumps({"action_dim": 32, "action_horizon": 50}))
-    with pytest.raises(ValueError, match="is an openpi PyTorch folder"):
-        Pi05Policy.from_pretrained(tmp_path)
+        Pi05Policy.from_pretrained(checkpoint("smolvla"))
+    with pytest.raises(ValueError, match="is an openpi pi0 folder; load it as policy 'pi0'"):
+        Pi05Policy.from_pretrained(checkpoint("openpi_pi0"))
+    with pytest.raises(ValueError, match="is an openpi pi05 folder; load it as policy 'pi05'"):
+        Pi0Policy.from_pretrained(checkpoint(OPENPI))
+
+
+# ---------------------------------------------------------------- openpi's own PyTorch pi0.5 layout
+OPENPI = "openpi_pi05"
+
+
+@pytest.fixture(scope="module")
+def openpi():
+    _LOADED.clear()
+    return make_policy("pi05", str(checkpoint(OPENPI)),
+                       tokenizer=str(golden_dir("pi05") / "paligemma_tokenizer_standin"))
+
+
+def openpi_observation():
+    """The pi0.5 set's inputs under the camera names a LIBERO bridge uses (matched to openpi's slots in order)."""
+    observation = lerobot_observation("pi05")
+    return Observation({"agentview": observation.images["image"], "wrist": observation.images["wrist_image"]},
+                       observation.state, observation.instruction)
+
+
+def openpi_noise() -> torch.Tensor:
+    return golden_noise("pi05")[:, : json.loads((golden_dir(OPENPI) / "config.json").read_text())["action_horizon"]]
+
+
+def test_an_openpi_pi05_folder_gets_openpis_pi05_libero_inputs(openpi):
+    inputs = openpi.model_inputs(openpi_observation())
+    for name in ("lang_tokens", "lang_attention_mask", "state_normalized", "state_padded", "image_masks"):
+        np.testing.assert_allclose(inputs[name].numpy().astype(np.float64), expected(OPENPI, name), atol=1e-6,
+                                   err_msg=name)
+    model_images = expected(OPENPI, "images_uint8").astype(np.float32) / 255.0 * 2.0 - 1.0
+    assert max_abs(inputs["images"], model_images) == 0.0  # PIL's resize with padding, bit for bit
+
+
+@pytest.mark.parametrize("name", [None, "vlm", "expert"])
+def test_an_openpi_pi05_folder_matches_openpis_pi05(openpi, name):
+    steered = None
+    if name is not None:
+        spec = json.loads((golden_dir(OPENPI) / "steering.json").read_text())[name]
+        layer = int(spec["module"].split(".layers.")[1].split(".")[0])
+        stack = FAMILIES["pi05"].stacks[0 if name == "vlm" else 1]
+        steered = steer(openpi, InterventionDictionary({name: Concept(
+            name, tuple((layer, n) for n in spec["neurons"]), strength=spec["value"], stack=stack)}))
+    prefix = "" if name is None else f"steered_{name}_"
+    try:
+        with steered.engine.applied() if steered is not None else nullcontext():
+            final, velocities = openpi.denoise(openpi.model_inputs(openpi_observation()), openpi_noise())
+    finally:
+        if steered is not None:
+            steered.engine.remove()
+    assert max_abs(velocities[0], expected(OPENPI, f"{prefix}first_step_velocity")) < TOLERANCE
+    assert max_abs(final[:, :, :7], expected(OPENPI, f"{prefix}actions_normalized")) < TOLERANCE
+    assert max_abs(openpi.unnormalize(final[:, :, :7]), expected(OPENPI, f"{prefix}actions")) < TOLERANCE
+    if name is None:
+        assert max_abs(torch.stack(velocities), expected(OPENPI, "all_step_velocities")) < TOLERANCE
+    else:
+        assert max_abs(final[:, :, :7], expected(OPENPI, "actions_normalized")) > 1e-4  # the steering acted

@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-seed", type=int, help="pi0, pi05, smolvla: seed of the flow-matching noise")
     p.add_argument("--tokenizer", help="pi0, pi05: local folder of the PaliGemma tokenizer")
     p.add_argument("--vlm", help="smolvla: local folder of the SmolVLM2 backbone's config and tokenizer")
-    p.add_argument("--asset-id", help="pi0, openpi folders: which assets/<id>/norm_stats.json")
+    p.add_argument("--asset-id", help="pi0, pi05, openpi folders: which assets/<id>/norm_stats.json")
     p.set_defaults(func=cmd_act)
 
     p = sub.add_parser("reindex", help="make bags whose recording was killed or ran out of disk readable again")

@@ -1,8 +1,8 @@
 """VLA policies behind one interface, and the factory that finds them by name.
 
-``make_policy(name, checkpoint)`` imports a backend only when asked for, so a missing
-optional dependency (LeRobot) affects only that backend, and tells "unknown name"
-apart from "dependency missing".
+``make_policy(name, checkpoint)`` imports a backend only when asked for (each pulls in its
+own part of transformers), checks the options it is given against :data:`POLICY_OPTIONS`,
+and tells "unknown name" apart from "unknown option".
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ POLICY_OPTIONS: dict[str, dict[str, str]] = {
             "tokenizer": "local folder of the PaliGemma tokenizer (default: the local Hugging Face cache)",
             "asset_id": "openpi folders: which assets/<id>/norm_stats.json (needed when there are several)"},
     "pi05": {"seed": "seed of the flow-matching noise (every prediction)",
-             "tokenizer": "local folder of the PaliGemma tokenizer (default: the local Hugging Face cache)"},
+             "tokenizer": "local folder of the PaliGemma tokenizer (default: the local Hugging Face cache)",
+             "asset_id": "openpi folders: which assets/<id>/norm_stats.json (needed when there are several)"},
     "smolvla": {"seed": "seed of the flow-matching noise (every prediction)",
                 "vlm": "local folder of the SmolVLM2 backbone's config, processor and tokenizer "
                        "(default: the local Hugging Face cache, by the name config.json gives)"},

@@ -49,6 +49,7 @@ from vla_steering.policies.checkpoint import CheckpointError, empty_model, load_
 from vla_steering.policies.lerobot_processing import NEW_LINE_STEPS, Pipeline, read_pipeline, read_policy_config
 from vla_steering.policies.openpi_processing import (
     is_openpi_folder,
+    openpi_family,
     openpi_pipelines,
     read_openpi_folder,
     resize_with_pad_pil,
@@ -123,6 +124,32 @@ def pi0_converter(root: str) -> callable:
     return convert
 
 
+def read_pi_folder(path: Path, family: str, asset_id: str | None) -> tuple[dict, dict | None, dict, str]:
+    """(policy config, openpi norm stats or None, tensor shapes, the names' root) of a LeRobot or an openpi folder.
+
+    ``family``: ``pi0`` or ``pi05``; an openpi folder holding the other model is refused naming it.
+    """
+    if is_openpi_folder(path):
+        shapes = tensor_names(path)
+        found = openpi_family(shapes)
+        if found != family:
+            raise ValueError(f"{path} is an openpi {found} folder; load it as policy {found!r}")
+        config, stats = read_openpi_folder(path, asset_id, family)
+        return config, stats, shapes, ""
+    if asset_id is not None:
+        raise ValueError("asset_id is for openpi folders; this is a LeRobot folder")
+    return read_policy_config(path, family), None, tensor_names(path), "model."
+
+
+def pi_pipelines(path: Path, stats: dict | None, tokenizer: str | Path | None, family: str,
+                 known_steps: Mapping) -> tuple[tuple[Pipeline, Pipeline], callable]:
+    """((pre, post), image resize): openpi's ``{family}_libero`` transforms, else the folder's LeRobot pipelines."""
+    if stats is not None:
+        return openpi_pipelines(stats, tokenizer, family), resize_with_pad_pil
+    pre = read_pipeline(path, "policy_preprocessor.json", tokenizer, known_steps)
+    return (pre, read_pipeline(path, "policy_postprocessor.json")), resize_with_pad
+
+
 def resize_with_pad(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(B, 3, H, W) float in [0, 1] -> (B, 3, height, width), LeRobot 0.4.4's ``resize_with_pad_torch``."""
     cur_height, cur_width = images.shape[-2:]
@@ -172,15 +199,7 @@ class Pi0Policy(Policy):
         from transformers import PI0Config, PI0ForConditionalGeneration
 
         path = Path(checkpoint).expanduser()
-        openpi = is_openpi_folder(path)
-        if openpi:
-            config, stats = read_openpi_folder(path, asset_id)
-        else:
-            if asset_id is not None:
-                raise ValueError("asset_id is for openpi folders; this is a LeRobot folder")
-            config = read_policy_config(path, "pi0")
-        shapes = tensor_names(path)
-        root = "model." if any(n.startswith("model.paligemma_with_expert.") for n in shapes) else ""
+        config, stats, shapes, root = read_pi_folder(path, "pi0", asset_id)
         vlm = gemma_dims(shapes, f"{root}paligemma_with_expert.paligemma.model.language_model.layers")
         expert = gemma_dims(shapes, f"{root}paligemma_with_expert.gemma_expert.model.layers")
         vocab = shapes[f"{root}paligemma_with_expert.paligemma.lm_head.weight"][0]
@@ -196,12 +215,8 @@ class Pi0Policy(Policy):
             model = PI0ForConditionalGeneration(pi0_config)
         model.model.dit.embed_tokens = None  # the expert reads embeddings, never tokens
         load_checked(model, path, pi0_converter(root))
-        if openpi:
-            pre, post = openpi_pipelines(stats, tokenizer)
-            return cls(model.to(device), config, pre, post, seed, resize=resize_with_pad_pil)
-        pre = read_pipeline(path, "policy_preprocessor.json", tokenizer, NEW_LINE_STEPS)
-        post = read_pipeline(path, "policy_postprocessor.json")
-        return cls(model.to(device), config, pre, post, seed)
+        (pre, post), resize = pi_pipelines(path, stats, tokenizer, "pi0", NEW_LINE_STEPS)
+        return cls(model.to(device), config, pre, post, seed, resize=resize)
 
     def inert_layers(self) -> dict[tuple[str, int], str]:
         last = len(self.model.model.vlm.language_model.layers) - 1

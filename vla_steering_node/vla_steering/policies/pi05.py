@@ -15,12 +15,13 @@ preparation and noise this backend shares):
   ``Task: {task}, State: {bins};\\nAction: ``; the state enters the model nowhere else.
 * **Quantile normalisation** where the folder's statistics say so (LeRobot's default for pi0.5).
 
-The folder: ``config.json`` (type ``pi05``), ``model.safetensors`` with LeRobot's names, the
-processor pipelines and their statistics. Every tensor is checked; the token embedding is
+The folder: a LeRobot one (``config.json`` of type ``pi05``, ``model.safetensors`` with LeRobot's
+names, the processor pipelines and their statistics), or openpi's own PyTorch conversion (the
+same tensors without the leading ``model.``, with openpi's ``pi05_libero`` transforms:
+:mod:`vla_steering.policies.openpi_processing`). Every tensor is checked; the token embedding is
 tied to ``paligemma.lm_head.weight`` and the expert's published ``lm_head`` is unused.
-Gemma dimensions come from the tensors' shapes, so LeRobot's ``gemma_2b`` / ``gemma_300m``
-names need no table. openpi's own PyTorch pi0.5 folders are recognised and refused by name:
-their input transforms have no reference run here.
+Gemma dimensions come from the tensors' shapes, so the ``gemma_2b`` / ``gemma_300m`` names
+need no table.
 """
 
 from __future__ import annotations
@@ -35,15 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla_steering.policies.checkpoint import empty_model, load_checked, tensor_names
-from vla_steering.policies.lerobot_processing import Batch, Step, read_pipeline, read_policy_config
-from vla_steering.policies.openpi_processing import is_openpi_folder
+from vla_steering.policies.checkpoint import empty_model, load_checked
+from vla_steering.policies.lerobot_processing import Batch, Step
 from vla_steering.policies.pi0 import (
     TOKENS_PER_IMAGE,
     GemmaDims,
     Pi0Policy,
     gemma_dims,
     paligemma_config,
+    pi_pipelines,
+    read_pi_folder,
 )
 
 VLM_STACK = "vlm.language_model.layers"
@@ -153,6 +155,10 @@ class Pi05Model(nn.Module):
         self.time_mlp_out = nn.Linear(expert.width, expert.width)
         self.action_out_proj = nn.Linear(expert.width, config.max_action_dim)
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding, tied to PaliGemma's LM head: value vectors are read through it."""
+        return self.vlm.get_input_embeddings()
+
     def time_condition(self, time: torch.Tensor) -> torch.Tensor:
         """(B,) flow-matching times -> the adaRMS condition (B, width), as openpi computes it."""
         width = self.action_in_proj.out_features
@@ -172,10 +178,10 @@ class Pi05Model(nn.Module):
         return self.action_out_proj(out.float())
 
 
-def pi05_converter() -> callable:
-    """LeRobot's pi0.5 names -> :class:`Pi05Model`'s."""
-    pali, expert = "model.paligemma_with_expert.paligemma.", "model.paligemma_with_expert.gemma_expert."
-    heads = {f"model.{n}": n for n in ("action_in_proj", "time_mlp_in", "time_mlp_out", "action_out_proj")}
+def pi05_converter(root: str) -> callable:
+    """Published pi0.5 names (``root`` = ``"model."`` for LeRobot, ``""`` for openpi) -> :class:`Pi05Model`'s."""
+    pali, expert = f"{root}paligemma_with_expert.paligemma.", f"{root}paligemma_with_expert.gemma_expert."
+    heads = {f"{root}{n}": n for n in ("action_in_proj", "time_mlp_in", "time_mlp_out", "action_out_proj")}
 
     def convert(name: str, tensor: torch.Tensor) -> Mapping[str, torch.Tensor] | None:
         if name == pali + "lm_head.weight":  # tied: the token embedding
@@ -218,16 +224,12 @@ class Pi05Policy(Pi0Policy):
 
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path, device: str = "cpu", seed: int = 0,
-                        tokenizer: str | Path | None = None) -> Pi05Policy:
+                        tokenizer: str | Path | None = None, asset_id: str | None = None) -> Pi05Policy:
         path = Path(checkpoint).expanduser()
-        if is_openpi_folder(path):
-            raise ValueError(f"{path} is an openpi PyTorch folder; this backend loads LeRobot pi0.5 folders "
-                             "(config.json of type pi05 with policy_preprocessor.json)")
-        config = read_policy_config(path, "pi05")
-        shapes = tensor_names(path)
-        vlm = gemma_dims(shapes, "model.paligemma_with_expert.paligemma.model.language_model.layers")
-        expert = gemma_dims(shapes, "model.paligemma_with_expert.gemma_expert.model.layers")
-        vocab = shapes["model.paligemma_with_expert.paligemma.lm_head.weight"][0]
+        config, stats, shapes, root = read_pi_folder(path, "pi05", asset_id)
+        vlm = gemma_dims(shapes, f"{root}paligemma_with_expert.paligemma.model.language_model.layers")
+        expert = gemma_dims(shapes, f"{root}paligemma_with_expert.gemma_expert.model.layers")
+        vocab = shapes[f"{root}paligemma_with_expert.paligemma.lm_head.weight"][0]
         sizes = Pi05Config(chunk_size=int(config["chunk_size"]), max_state_dim=int(config["max_state_dim"]),
                            max_action_dim=int(config["max_action_dim"]),
                            num_inference_steps=int(config["num_inference_steps"]),
@@ -236,11 +238,10 @@ class Pi05Policy(Pi0Policy):
         with empty_model(torch.float32):
             model = Pi05Model(paligemma_config(vlm, vocab, int(config.get("image_resolution", [224])[0])),
                               expert, sizes)
-        load_checked(model, path, pi05_converter())
-        pre = read_pipeline(path, "policy_preprocessor.json", tokenizer,
-                            {"pi05_prepare_state_tokenizer_processor_step": _state_prompt})
-        post = read_pipeline(path, "policy_postprocessor.json")
-        return cls(model.to(device), config, pre, post, seed)
+        load_checked(model, path, pi05_converter(root))
+        (pre, post), resize = pi_pipelines(path, stats, tokenizer, "pi05",
+                                           {"pi05_prepare_state_tokenizer_processor_step": _state_prompt})
+        return cls(model.to(device), config, pre, post, seed, resize=resize)
 
     def inert_layers(self) -> dict[tuple[str, int], str]:
         last = len(self.model.vlm.language_model.layers) - 1

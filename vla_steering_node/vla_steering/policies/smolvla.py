@@ -97,8 +97,7 @@ def _mlp_block(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class SmolVLAModel(nn.Module):
     """SmolVLM (vision, connector, the kept text layers) + the action expert + SmolVLA's projections."""
 
-    def __init__(self, backbone, expert_width: int, expert_mlp: int, expert_layers: int, cross_layers: set[int],
-                 config: SmolVLAConfig):
+    def __init__(self, backbone, expert_width: int, expert_mlp: int, config: SmolVLAConfig):
         import copy
 
         from transformers import AutoModel
@@ -111,6 +110,8 @@ class SmolVLAModel(nn.Module):
         self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
         expert_config = copy.deepcopy(text)
         expert_config.hidden_size, expert_config.intermediate_size = expert_width, expert_mlp
+        expert_layers = sum(expert is not None for expert in config.expert_of_layer)
+        cross_layers = {config.expert_of_layer[i] for i in config.cross_layers}
         expert_config.num_hidden_layers = expert_layers
         self.expert = nn.Module()
         self.expert.layers = nn.ModuleList(LlamaDecoderLayer(expert_config, i) for i in range(expert_layers))
@@ -239,6 +240,25 @@ def resize_with_pad_left_top(images: torch.Tensor, height: int, width: int) -> t
     return F.pad(resized, (max(0, width - new_width), 0, max(0, height - new_height), 0), value=0.0)
 
 
+def smolvla_sizes(config: Mapping, text, expert_layers: int,
+                  special: tuple[int, int, int] | None = None) -> SmolVLAConfig:
+    """The prediction's sizes and the expert's layer pattern, from ``config.json`` and the (kept) text config."""
+    kept = text.num_hidden_layers
+    if expert_layers == 0 or kept % expert_layers:
+        raise CheckpointError(f"{expert_layers} expert layers cannot pair with the {kept} kept VLM layers")
+    every = int(config.get("self_attn_every_n_layers", -1))
+    crossing = "cross" in config.get("attention_mode", "self_attn")
+    step = kept // expert_layers
+    return SmolVLAConfig(
+        chunk_size=int(config["chunk_size"]), max_state_dim=int(config["max_state_dim"]),
+        max_action_dim=int(config["max_action_dim"]), num_inference_steps=int(config["num_steps"]),
+        min_period=float(config.get("min_period", 4e-3)), max_period=float(config.get("max_period", 4.0)),
+        heads=text.num_attention_heads, kv_heads=text.num_key_value_heads, head_dim=text.head_dim,
+        cross_layers=frozenset(i for i in range(kept) if crossing and not (every > 0 and i % every == 0)),
+        expert_of_layer=tuple(i // step if i % step == 0 else None for i in range(kept)),
+        image_special_tokens=special)
+
+
 def _layer_count(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> int:
     return len({name[len(prefix):].split(".", 1)[0] for name in shapes if name.startswith(prefix)})
 
@@ -266,31 +286,18 @@ class SmolVLAPolicy(Pi0Policy):
         backbone.text_config.num_hidden_layers = kept
         text = backbone.text_config
         expert_layers = _layer_count(shapes, PUBLISHED + "lm_expert.layers.")
-        if expert_layers == 0 or kept % expert_layers:
-            raise CheckpointError(f"{path}: {expert_layers} expert layers cannot pair with {kept} VLM layers")
-        every = int(config.get("self_attn_every_n_layers", -1))
-        crossing = "cross" in config.get("attention_mode", "self_attn")
-        cross = frozenset(i for i in range(kept) if crossing and not (every > 0 and i % every == 0))
-        step = kept // expert_layers
-        expert_of_layer = tuple(i // step if i % step == 0 else None for i in range(kept))
         special = None
         if config.get("add_image_special_tokens", False):
             tokenizer = AutoTokenizer.from_pretrained(str(backbone_folder), local_files_only=True)
             fake, global_image = (tokenizer.convert_tokens_to_ids(t) for t in ("<fake_token_around_image>",
                                                                                "<global-img>"))
             special = (fake, global_image, fake)
-        sizes = SmolVLAConfig(
-            chunk_size=int(config["chunk_size"]), max_state_dim=int(config["max_state_dim"]),
-            max_action_dim=int(config["max_action_dim"]), num_inference_steps=int(config["num_steps"]),
-            min_period=float(config.get("min_period", 4e-3)), max_period=float(config.get("max_period", 4.0)),
-            heads=text.num_attention_heads, kv_heads=text.num_key_value_heads, head_dim=text.head_dim,
-            cross_layers=cross, expert_of_layer=expert_of_layer, image_special_tokens=special)
+        sizes = smolvla_sizes(config, text, expert_layers, special)
         first = PUBLISHED + "lm_expert.layers.0."
         expert_width = shapes[first + "input_layernorm.weight"][0]
         expert_mlp = shapes[first + "mlp.gate_proj.weight"][0]
         with empty_model(torch.float32):
-            model = SmolVLAModel(backbone, expert_width, expert_mlp, expert_layers,
-                                 {expert_of_layer[i] for i in cross}, sizes)
+            model = SmolVLAModel(backbone, expert_width, expert_mlp, sizes)
         load_checked(model, path, smolvla_converter())
         pre = read_pipeline(path, "policy_preprocessor.json", backbone_folder, NEW_LINE_STEPS)
         post = read_pipeline(path, "policy_postprocessor.json")
