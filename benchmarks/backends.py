@@ -7,8 +7,9 @@ so the machine's drift cancels in each pair), with a 3-neuron clamp on a middle 
 (primary) VLM stack.
 
 ``smolvla-real`` is SmolVLA at ``lerobot/smolvla_base``'s sizes (SmolVLM2-500M with 16 of its 32
-text layers kept, 512-pixel images, a 720-wide expert): no real weights are available offline, so
-random ones in the published layout are written once into the cache (about 1.8 GB).
+text layers kept, 512-pixel images, a 720-wide expert), ``pi05-real`` pi0.5 at ``pi05_base``'s
+(PaliGemma 2B, Gemma 300M expert): no real weights are available offline, so random ones in the
+published layout are written once into the cache (about 1.8 GB and 13 GB, in 2 GB shards).
 
 Run: PYTHONPATH=vla_steering_node:tests .venv/bin/python benchmarks/backends.py
 (the golden folders are rebuilt into the cache by tests/golden.py if absent).
@@ -27,7 +28,7 @@ import numpy as np
 
 CASES = {"openvla-fp32": ("openvla", {"dtype": "float32"}), "openvla-bf16": ("openvla", {"dtype": "bfloat16"}),
          "pi0-fp32": ("pi0", {}), "pi05-fp32": ("pi05", {}), "smolvla-fp32": ("smolvla", {}),
-         "smolvla-real": ("smolvla", {})}
+         "smolvla-real": ("smolvla", {}), "pi05-real": ("pi05", {})}
 # SmolVLM2-500M-Video-Instruct's and smolvla_base's sizes (the golden set's architecture.json)
 REAL_SMOLVLM = {"text": {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
                          "num_attention_heads": 15, "num_key_value_heads": 5, "head_dim": 64, "vocab_size": 49280},
@@ -36,21 +37,51 @@ REAL_SMOLVLM = {"text": {"hidden_size": 960, "intermediate_size": 2560, "num_hid
                 "scale_factor": 4, "kept_layers": 16, "expert_width": 720, "expert_mlp": 2048}
 
 
+def bench_folder(name: str):
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("VLA_STEER_CACHE", Path.home() / ".cache" / "vla_steer")) / "bench" / name
+
+
+def write_random_weights(model, published: dict[str, str], out, shard_bytes: int = 2 << 30) -> None:
+    """``model``'s (random) tensors under their published names, in shards with an index (bounded memory).
+
+    ``published``: model-name prefix -> published prefix, first match wins; other names get ``model.``.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    shards, current, size = [], {}, 0
+    for name, tensor in model.state_dict().items():
+        prefix = next((p for p in published if name.startswith(p)), None)
+        current[published[prefix] + name[len(prefix):] if prefix else "model." + name] = tensor.contiguous()
+        size += tensor.numel() * tensor.element_size()
+        if size >= shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+    shards.append(current)
+    weight_map = {}
+    for index, tensors in enumerate(shards, 1):
+        file = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        save_file(tensors, out / file)
+        weight_map.update(dict.fromkeys(tensors, file))
+    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
 def real_smolvla_folder():
     """A SmolVLA folder at the real sizes with random weights under LeRobot's names (written once)."""
     import json
-    import os
     import shutil
-    from pathlib import Path
 
     import torch
     from golden import golden_dir
-    from safetensors.torch import save_file
     from transformers import AutoConfig
 
     from vla_steering.policies.smolvla import PUBLISHED, SmolVLAModel, smolvla_sizes
 
-    out = Path(os.environ.get("VLA_STEER_CACHE", Path.home() / ".cache" / "vla_steer")) / "bench" / "smolvla-real"
+    out = bench_folder("smolvla-real")
     if (out / ".complete").exists():
         return out
     source = golden_dir("smolvla")
@@ -71,14 +102,40 @@ def real_smolvla_folder():
     sizes = smolvla_sizes(config, vlm.text_config, REAL_SMOLVLM["kept_layers"])
     torch.manual_seed(0)
     model = SmolVLAModel(vlm, REAL_SMOLVLM["expert_width"], REAL_SMOLVLM["expert_mlp"], sizes)
-    published = {"vlm.": PUBLISHED + "vlm.model.", "lm_head.": PUBLISHED + "vlm.lm_head.",
-                 "expert.": PUBLISHED + "lm_expert."}
-    tensors = {}
-    for name, tensor in model.state_dict().items():
-        prefix = next((p for p in published if name.startswith(p)), None)
-        tensors[published[prefix] + name[len(prefix):] if prefix else "model." + name] = tensor.contiguous()
-    save_file(tensors, out / "model.safetensors")
+    write_random_weights(model, {"vlm.": PUBLISHED + "vlm.model.", "lm_head.": PUBLISHED + "vlm.lm_head.",
+                                 "expert.": PUBLISHED + "lm_expert."}, out)
     (out / ".complete").write_text("random weights at smolvla_base's sizes\n")
+    return out
+
+
+def real_pi05_folder():
+    """A pi0.5 folder at pi05_base's sizes (PaliGemma 2B + Gemma 300M expert) with random weights (written once)."""
+    import shutil
+
+    import torch
+    from golden import golden_dir
+
+    from vla_steering.policies.pi0 import GemmaDims, paligemma_config
+    from vla_steering.policies.pi05 import Pi05Config, Pi05Model
+
+    out = bench_folder("pi05-real")
+    if (out / ".complete").exists():
+        return out
+    source = golden_dir("pi05")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(source / "paligemma_tokenizer_standin", out / "paligemma_tokenizer_standin")
+    for item in [source / "config.json", *source.glob("policy_*")]:
+        shutil.copy(item, out / item.name)
+    vlm, expert = GemmaDims(2048, 18, 16384, 8, 256), GemmaDims(1024, 18, 4096, 8, 256)
+    torch.manual_seed(0)
+    model = Pi05Model(paligemma_config(vlm, 257152, 224), expert, Pi05Config(50, 32, 32, 10, 4e-3, 4.0))
+    pali = "model.paligemma_with_expert.paligemma."
+    write_random_weights(model, {"vlm.language_model.embed_tokens.": pali + "lm_head.",
+                                 "vlm.vision_tower.": pali + "model.vision_tower.vision_model.",
+                                 "vlm.multi_modal_projector.": pali + "model.multi_modal_projector.",
+                                 "vlm.language_model.": pali + "model.language_model.",
+                                 "expert.": "model.paligemma_with_expert.gemma_expert.model."}, out)
+    (out / ".complete").write_text("random weights at pi05_base's sizes\n")
     return out
 
 
@@ -107,7 +164,8 @@ def run_case(name: str, pairs: int) -> None:
     from vla_steering.policies import make_policy, steer
 
     family, options = CASES[name]
-    folder = real_smolvla_folder() if name == "smolvla-real" else checkpoint(family)
+    real = {"smolvla-real": real_smolvla_folder, "pi05-real": real_pi05_folder}
+    folder = real[name]() if name in real else checkpoint(family)
     if family in ("pi0", "pi05"):
         options = {"tokenizer": str(folder / "paligemma_tokenizer_standin")}
     elif family == "smolvla":
