@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from ros_harness import PACKAGES, declared_executables
 
 CHECK = Path(__file__).resolve().parent / "installed_bringup_check.py"
@@ -51,3 +52,16 @@ def test_ament_index_share_and_executables(fresh_install, tmp_path):
         env = dict(outside(tmp_path), PATH="/usr/bin:/bin")  # the venv not on PATH: ros2 run finds lib/ by prefix
         help_text = subprocess.run([str(exe), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
         assert help_text.returncode == 0 and "reindex" in help_text.stdout, help_text.stderr[-2000:]
+
+
+@pytest.mark.golden
+def test_the_installed_cli_runs_a_lerobot_smolvla_folder(fresh_install, tmp_path):
+    """The native flow-matching backends ship in the install: `vla-steer act` on the golden-size SmolVLA folder."""
+    from golden import checkpoint, golden_dir
+
+    act = [str(fresh_install / "bin" / "vla-steer"), "act", "--policy", "smolvla", "--checkpoint",
+           str(checkpoint("smolvla")), "--vlm", str(golden_dir("smolvla") / "smolvlm2_standin"),
+           "--instruction", "pick up the black bowl", "--noise-seed", "3"]
+    result = subprocess.run(act, cwd=tmp_path, env=outside(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "action space ee_delta_7d" in result.stdout and "unsteered:" in result.stdout

@@ -34,8 +34,9 @@ on it are refused (:meth:`Pi0Policy.inert_layers`).
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,8 @@ VLM_STACK = "model.vlm.language_model.layers"
 EXPERT_STACK = "model.dit.layers"
 IMAGE_TOKEN_ID = 257152  # PaliGemma's image placeholder: one past the vocabulary
 TOKENS_PER_IMAGE = 256
+VelocityField = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(x, t) -> v(x, t): one denoising step's velocity, given a prefix computed once per prediction."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,14 @@ def pi_pipelines(path: Path, stats: dict | None, tokenizer: str | Path | None, f
         return openpi_pipelines(stats, tokenizer, family), resize_with_pad_pil
     pre = read_pipeline(path, "policy_preprocessor.json", tokenizer, known_steps)
     return (pre, read_pipeline(path, "policy_postprocessor.json")), resize_with_pad
+
+
+def sinusoidal_time(time: torch.Tensor, width: int, min_period: float, max_period: float) -> torch.Tensor:
+    """openpi's sine-cosine embedding of (B,) flow-matching times -> (B, width), computed in float64."""
+    fraction = torch.linspace(0.0, 1.0, width // 2, dtype=torch.float64, device=time.device)
+    period = min_period * (max_period / min_period) ** fraction
+    angle = (2 * math.pi / period)[None, :] * time[:, None]
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1).to(time.dtype)
 
 
 def resize_with_pad(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -268,12 +279,9 @@ class Pi0Policy(Policy):
         generator = torch.Generator().manual_seed(self.seed)
         return torch.randn(1, config.chunk_size, config.max_action_dim, generator=generator)
 
-    @torch.inference_mode()
-    def denoise(self, inputs: Mapping[str, torch.Tensor], noise: torch.Tensor,
-                num_steps: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Flow matching from ``noise``: (final x (1, chunk, max_action_dim), the velocity of every step)."""
+    def velocity_field(self, inputs: Mapping[str, torch.Tensor]) -> VelocityField:
+        """Run the prefix (images, language) once; return ``v(x, t)`` for the denoising steps."""
         model, device = self.model, next(self.model.parameters()).device
-        num_steps = num_steps or model.config.num_inference_steps
         cameras = inputs["image_masks"].shape[1]
         image_ids = torch.full((1, cameras * TOKENS_PER_IMAGE), IMAGE_TOKEN_ID, dtype=torch.long)
         image_mask = inputs["image_masks"].repeat_interleave(TOKENS_PER_IMAGE, dim=1)
@@ -285,15 +293,30 @@ class Pi0Policy(Policy):
                                 position_ids=attention_mask.cumsum(-1) - 1,
                                 token_type_ids=torch.zeros_like(embeds[:, :, 0]), use_cache=True).past_key_values
         prefix_length = cache.get_seq_length()
-        x, dt, velocities = noise.to(device), -1.0 / num_steps, []
         state = inputs["state_padded"].to(device)
-        for step in range(num_steps):
-            time = torch.full((1,), 1.0 + step * dt, dtype=torch.float32, device=device)
-            velocity = model(state=state, noise=x, timestep=time, pixel_attention_mask=pixel_mask,
-                             attention_mask=attention_mask, past_key_values=cache).logits
+
+        def velocity(x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+            v = model(state=state, noise=x, timestep=time, pixel_attention_mask=pixel_mask,
+                      attention_mask=attention_mask, past_key_values=cache).logits
             cache.crop(prefix_length - cache.get_seq_length())  # drop this step's own keys and values
-            velocities.append(velocity)
-            x = x + dt * velocity
+            return v
+
+        return velocity
+
+    @torch.inference_mode()
+    def denoise(self, inputs: Mapping[str, torch.Tensor], noise: torch.Tensor,
+                num_steps: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Flow matching from ``noise``: (final x (1, chunk, max_action_dim), the velocity of every step).
+
+        Euler steps ``x <- x + dt v(x, t)`` from ``t = 1`` with ``dt = -1 / num_steps``.
+        """
+        device = next(self.model.parameters()).device
+        num_steps = num_steps or self.model.config.num_inference_steps
+        velocity = self.velocity_field(inputs)
+        x, dt, velocities = noise.to(device), -1.0 / num_steps, []
+        for step in range(num_steps):
+            velocities.append(velocity(x, torch.full((1,), 1.0 + step * dt, dtype=torch.float32, device=device)))
+            x = x + dt * velocities[-1]
         return x, velocities
 
     def unnormalize(self, normalized: torch.Tensor) -> torch.Tensor:

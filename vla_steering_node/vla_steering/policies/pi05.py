@@ -26,7 +26,6 @@ need no table.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +41,12 @@ from vla_steering.policies.pi0 import (
     TOKENS_PER_IMAGE,
     GemmaDims,
     Pi0Policy,
+    VelocityField,
     gemma_dims,
     paligemma_config,
     pi_pipelines,
     read_pi_folder,
+    sinusoidal_time,
 )
 
 VLM_STACK = "vlm.language_model.layers"
@@ -161,11 +162,8 @@ class Pi05Model(nn.Module):
 
     def time_condition(self, time: torch.Tensor) -> torch.Tensor:
         """(B,) flow-matching times -> the adaRMS condition (B, width), as openpi computes it."""
-        width = self.action_in_proj.out_features
-        fraction = torch.linspace(0.0, 1.0, width // 2, dtype=torch.float64, device=time.device)
-        period = self.config.min_period * (self.config.max_period / self.config.min_period) ** fraction
-        angle = (2 * math.pi / period)[None, :] * time[:, None]
-        embedding = torch.cat([torch.sin(angle), torch.cos(angle)], dim=1).to(time.dtype)
+        embedding = sinusoidal_time(time, self.action_in_proj.out_features, self.config.min_period,
+                                    self.config.max_period)
         return F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(embedding))))
 
     def velocity(self, x: torch.Tensor, time: torch.Tensor, prefix_kv: list, prefix_mask: torch.Tensor) -> torch.Tensor:
@@ -248,28 +246,18 @@ class Pi05Policy(Pi0Policy):
         return {(VLM_STACK, last): "the action expert reads only each VLM layer's keys and values, computed "
                                    "before that layer's MLP, so the last VLM layer's MLP cannot change the actions"}
 
-    @torch.inference_mode()
-    def denoise(self, inputs: Mapping[str, torch.Tensor], noise: torch.Tensor,
-                num_steps: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Flow matching from ``noise``: (final x (1, chunk, max_action_dim), the velocity of every step)."""
+    def velocity_field(self, inputs: Mapping[str, torch.Tensor]) -> VelocityField:
+        """Run the PaliGemma prefix once; return ``v(x, t)`` over its keys and values."""
         model, device = self.model, next(self.model.parameters()).device
-        num_steps = num_steps or model.config.num_inference_steps
         images = inputs["images"].to(device)
         cameras = images.shape[1]
         features = model.vlm.get_image_features(images.flatten(0, 1)).pooler_output
         tokens = inputs["lang_tokens"].to(device)
         embeds = torch.cat([features.reshape(1, cameras * TOKENS_PER_IMAGE, -1),
-                            model.vlm.get_input_embeddings()(tokens)],
-                           dim=1)
+                            model.vlm.get_input_embeddings()(tokens)], dim=1)
         mask = torch.cat([inputs["image_masks"].repeat_interleave(TOKENS_PER_IMAGE, dim=1),
                           inputs["lang_attention_mask"].bool()], dim=1).to(device)
         cache = model.vlm(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=mask.long().cumsum(-1) - 1,
                           token_type_ids=torch.zeros_like(mask, dtype=torch.long), use_cache=True).past_key_values
         prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
-        x, dt, velocities = noise.to(device), -1.0 / num_steps, []
-        for step in range(num_steps):
-            time = torch.full((1,), 1.0 + step * dt, dtype=torch.float32, device=device)
-            velocity = model.velocity(x, time, prefix_kv, mask)
-            velocities.append(velocity)
-            x = x + dt * velocity
-        return x, velocities
+        return lambda x, time: model.velocity(x, time, prefix_kv, mask)

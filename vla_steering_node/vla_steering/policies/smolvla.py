@@ -41,7 +41,7 @@ from torch import nn
 
 from vla_steering.policies.checkpoint import CheckpointError, empty_model, load_checked, tensor_names
 from vla_steering.policies.lerobot_processing import NEW_LINE_STEPS, local_folder, read_pipeline, read_policy_config
-from vla_steering.policies.pi0 import Pi0Policy
+from vla_steering.policies.pi0 import Pi0Policy, VelocityField, sinusoidal_time
 
 VLM_STACK = "vlm.text_model.layers"
 EXPERT_STACK = "expert.layers"
@@ -175,11 +175,8 @@ class SmolVLAModel(nn.Module):
 
     # ----------------------------------------------------------- denoising
     def action_tokens(self, x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        width = self.action_in_proj.out_features
-        fraction = torch.linspace(0.0, 1.0, width // 2, dtype=torch.float64, device=x.device)
-        period = self.config.min_period * (self.config.max_period / self.config.min_period) ** fraction
-        angle = (2 * math.pi / period)[None, :] * time[:, None]
-        time_emb = torch.cat([torch.sin(angle), torch.cos(angle)], dim=1).to(x.dtype)
+        time_emb = sinusoidal_time(time, self.action_in_proj.out_features, self.config.min_period,
+                                   self.config.max_period).to(x.dtype)
         actions = self.action_in_proj(x)
         fused = torch.cat([actions, time_emb[:, None, :].expand_as(actions)], dim=2)
         return self.action_time_mlp_out(F.silu(self.action_time_mlp_in(fused)))
@@ -314,21 +311,10 @@ class SmolVLAPolicy(Pi0Policy):
         return {(VLM_STACK, last): "the action expert reads only each VLM layer's keys and values, computed "
                                    "before that layer's MLP, so the last VLM layer's MLP cannot change the actions"}
 
-    @torch.inference_mode()
-    def denoise(self, inputs: Mapping[str, torch.Tensor], noise: torch.Tensor,
-                num_steps: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Flow matching from ``noise``: (final x (1, chunk, max_action_dim), the velocity of every step)."""
+    def velocity_field(self, inputs: Mapping[str, torch.Tensor]) -> VelocityField:
+        """Run the SmolVLM prefix (images, language, state) once; return ``v(x, t)`` over its keys and values."""
         model, device = self.model, next(self.model.parameters()).device
-        num_steps = num_steps or model.config.num_inference_steps
-        embeds, valid, blocks = model.embed_prefix(inputs["images"].to(device), inputs["image_masks"].to(device),
-                                                   inputs["lang_tokens"].to(device),
-                                                   inputs["lang_attention_mask"].to(device),
-                                                   inputs["state_padded"].to(device))
+        embeds, valid, blocks = model.embed_prefix(*(inputs[k].to(device) for k in (
+            "images", "image_masks", "lang_tokens", "lang_attention_mask", "state_padded")))
         cache = model.prefix_cache(embeds, valid, blocks)
-        x, dt, velocities = noise.to(device), -1.0 / num_steps, []
-        for step in range(num_steps):
-            time = torch.full((1,), 1.0 + step * dt, dtype=torch.float32, device=device)
-            velocity = model.velocity(x, time, cache, valid)
-            velocities.append(velocity)
-            x = x + dt * velocity
-        return x, velocities
+        return lambda x, time: model.velocity(x, time, cache, valid)
