@@ -72,30 +72,39 @@ def counterfactual(bag: str | Path, steered: SteeredPolicy, cameras: list[str], 
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("bag")
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The replay tools' policy options: which policy, its steering, and how observations were recorded."""
     parser.add_argument("--policy", default="demo")
     parser.add_argument("--checkpoint", default="")
     parser.add_argument("--dictionary", default="", help="default: the demo VLA's")
     parser.add_argument("--strength", action="append", default=[], help="concept=value (repeatable); none = off")
     parser.add_argument("--cameras", nargs="+", default=["agentview", "wrist"])
     parser.add_argument("--state-source", default="libero", choices=("libero", "joints"))
+
+
+def steered_from_arguments(args: argparse.Namespace) -> SteeredPolicy:
+    """The policy of :func:`add_policy_arguments`, steered at the given strengths (others off)."""
+    from vla_steering_node.node import default_dictionary
+
+    policy = make_policy(args.policy, args.checkpoint)
+    dictionary = load_dictionary(args.dictionary or default_dictionary(), primary_stack(policy.model).intermediate_size)
+    steered = steer(policy, dictionary)
+    strengths = {name: 0.0 for name in steered.engine.concepts}
+    for item in args.strength:
+        name, _, value = item.partition("=")
+        strengths[name] = float(value)
+    steered.engine.set_strengths(strengths)
+    return steered
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("bag")
+    add_policy_arguments(parser)
     parser.add_argument("--out", required=True, help="CSV to write")
     args = parser.parse_args(argv)
     try:
-        from vla_steering_node.node import default_dictionary
-
-        policy = make_policy(args.policy, args.checkpoint)
-        dictionary = load_dictionary(args.dictionary or default_dictionary(),
-                                     primary_stack(policy.model).intermediate_size)
-        steered = steer(policy, dictionary)
-        strengths = {name: 0.0 for name in steered.engine.concepts}
-        for item in args.strength:
-            name, _, value = item.partition("=")
-            strengths[name] = float(value)
-        steered.engine.set_strengths(strengths)
-        rows = counterfactual(args.bag, steered, args.cameras, args.state_source)
+        rows = counterfactual(args.bag, steered_from_arguments(args), args.cameras, args.state_source)
     except (BagError, KeyError, ValueError, FileNotFoundError) as error:
         print(f"counterfactual replay failed: {error}", file=sys.stderr)
         return 1
