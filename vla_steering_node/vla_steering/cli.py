@@ -112,7 +112,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         dictionary = load_dictionary(args.dictionary, args.intermediate_size)
         dictionary.validate({None: (args.num_layers, args.intermediate_size)})
     for c in dictionary.concepts.values():
-        print(f"{c.name}: {len(c.neurons)} neurons in layers {list(c.layers)}, mode {c.mode}, strength {c.strength}")
+        print(f"{c.name}: {c.summary}, mode {c.mode}, strength {c.strength}")
     print("valid")
     return 0
 
@@ -200,6 +200,47 @@ def cmd_act(args: argparse.Namespace) -> int:
         steered.engine.set_strengths({name: 0.0 for name in steered.engine.concepts} | {args.concept: args.strength})
         print(f"steered ({args.concept} at {args.strength}, {dictionary[args.concept].mode}):\n",
               steered.act(observation).actions)
+    return 0
+
+
+def cmd_contrast(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vla_steering.contrast import concept_cosines, contrast, write_report
+    from vla_steering.dictionaries import load_dictionary, save_dictionary
+    from vla_steering.policies import Observation, SteeredPolicy, make_policy
+
+    policy = make_policy(args.policy, args.checkpoint)
+    if args.image:
+        from PIL import Image
+
+        images = [np.asarray(Image.open(path).convert("RGB")) for path in args.image]
+    else:
+        from vla_steering.policies.demo_vla import render_scene
+
+        rng = np.random.default_rng(args.seed)
+        images = [render_scene(("left", "right")[i % 2], "red", rng) for i in range(args.scenes)]
+    state = np.zeros(8, np.float32)
+
+    def observations(instructions: list[str]) -> list[Observation]:
+        return [Observation({"camera": image}, state, text) for text in instructions for image in images]
+
+    layers = _layers(args.layers)
+    result = contrast(SteeredPolicy(policy), observations(args.a), observations(args.b), layers, args.stack,
+                      args.position)
+    out = Path(args.out)
+    description = f"{' / '.join(args.a)} minus {' / '.join(args.b)}"
+    path = save_dictionary(result.dictionary(args.name, description), out / f"{args.name}.yaml")
+    cosines = None
+    if args.dictionary:
+        from vla_steering.anatomy import primary_stack
+
+        neurons = load_dictionary(args.dictionary, primary_stack(policy.model).intermediate_size).concepts
+        cosines = concept_cosines(result, policy.model, {n: c for n, c in neurons.items() if c.neurons})
+    report = write_report(result, args.name, out, cosines)
+    for layer, norm in zip(result.layers, result.norms, strict=True):
+        print(f"layer {layer}: |mean_A - mean_B| = {norm:.4g}")
+    print(f"concept {args.name!r} (mode add, off) -> {path}; report -> {report}")
     return 0
 
 
@@ -309,6 +350,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vlm", help="smolvla: local folder of the SmolVLM2 backbone's config and tokenizer")
     p.add_argument("--asset-id", help="pi0, pi05, openpi folders: which assets/<id>/norm_stats.json")
     p.set_defaults(func=cmd_act)
+
+    p = sub.add_parser("contrast", help="a contrastive residual-stream direction between two instruction sets, "
+                                        "as a steerable concept (mode add)")
+    p.add_argument("--policy", default="demo", help="demo, openvla, pi0, pi05, smolvla")
+    p.add_argument("--checkpoint", default="", help="local checkpoint directory (not for demo)")
+    p.add_argument("--a", nargs="+", required=True, help="set A's instructions (e.g. 'move up' 'lift it')")
+    p.add_argument("--b", nargs="+", required=True, help="set B's instructions (e.g. 'move down' 'lower it')")
+    p.add_argument("--layers", required=True, help="comma-separated layers")
+    p.add_argument("--stack", default=None, help="decoder stack (module path; default: the primary)")
+    p.add_argument("--position", default="last", choices=("last", "mean"),
+                   help="the residual at each call's last position (the decision token) or averaged")
+    p.add_argument("--image", nargs="*", help="RGB image files, each paired with every instruction "
+                                               "(default: rendered demo scenes)")
+    p.add_argument("--scenes", type=int, default=4, help="rendered demo scenes per instruction")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dictionary", help="report the cosine with this dictionary's neuron concepts")
+    p.add_argument("--name", default="contrast", help="the concept's name")
+    p.add_argument("--out", required=True, help="output folder (<name>.yaml, contrast.md)")
+    p.set_defaults(func=cmd_contrast)
 
     p = sub.add_parser("reindex", help="make bags whose recording was killed or ran out of disk readable again")
     p.add_argument("bags", nargs="+", help="bag directories")

@@ -1,4 +1,4 @@
-"""Intervention dictionaries: named concepts, each a set of FFN neurons.
+"""Intervention dictionaries: named concepts, each a set of FFN neurons or residual-stream directions.
 
 Two YAML formats are read and written.
 
@@ -20,6 +20,9 @@ empty (``blank: {}``). Only the indices steer. Reading it needs the model's
         stack: null          # decoder stack module path; null = the primary one
         neurons: {12: [345, 678], 20: [1]}   # layer -> neuron indices
         tokens: {18777: [' up', 'Up']}       # optional, flat index -> top tokens
+      up_minus_down:
+        mode: add            # a direction concept: always add
+        directions: {20: [0.013, -0.2, ...]} # layer -> unit vector added to that layer's MLP output
 
 Validation against a model (:meth:`InterventionDictionary.validate`) checks
 every index is in range and says which concept and neuron is not.
@@ -55,6 +58,9 @@ class Concept:
         description: free text.
         stack: the decoder stack (module path) the layers index into; None = primary.
         tokens: optional flat index -> top tokens, kept for people and round trips.
+        directions: layer -> a residual-stream direction (unit length, the width of the stack); such a
+            concept (mode ``add``, e.g. a contrastive direction) adds ``strength`` times it to that
+            layer's MLP output.
     """
 
     name: str
@@ -64,6 +70,7 @@ class Concept:
     description: str = ""
     stack: str | None = None
     tokens: Mapping[int, list[str]] = field(default_factory=dict)
+    directions: Mapping[int, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "a").isalnum() or not self.name.isascii():
@@ -71,10 +78,32 @@ class Concept:
         if self.mode not in MODES:
             raise DictionaryError(f"concept {self.name!r}: mode {self.mode!r} is not one of {', '.join(MODES)}")
         object.__setattr__(self, "neurons", tuple(sorted({(int(layer), int(n)) for layer, n in self.neurons})))
+        if self.directions:
+            if self.mode != "add" or self.neurons:
+                raise DictionaryError(f"concept {self.name!r}: a direction concept has mode 'add' and no neurons")
+            unit = {}
+            for layer, vector in self.directions.items():
+                values = tuple(float(v) for v in vector)
+                norm = sum(v * v for v in values) ** 0.5
+                if not values or not norm > 0.0 or norm != norm:
+                    raise DictionaryError(f"concept {self.name!r}: layer {layer}'s direction is empty, zero or NaN")
+                unit[int(layer)] = tuple(v / norm for v in values)
+            object.__setattr__(self, "directions", unit)
 
     @property
     def layers(self) -> tuple[int, ...]:
-        return tuple(sorted({layer for layer, _ in self.neurons}))
+        return tuple(sorted({layer for layer, _ in self.neurons} | set(self.directions)))
+
+    @property
+    def summary(self) -> str:
+        """e.g. ``12 neurons in layers [20, 21]`` or ``a direction in layers [20]``."""
+        what = "a direction" if self.directions else f"{len(self.neurons)} neurons"
+        return f"{what} in layers {list(self.layers)}"
+
+    @property
+    def acts(self) -> bool:
+        """Whether the concept has anything to steer (neurons or directions)."""
+        return bool(self.neurons or self.directions)
 
     def by_layer(self) -> dict[int, list[int]]:
         grouped: dict[int, list[int]] = {}
@@ -101,8 +130,10 @@ class InterventionDictionary:
         except KeyError:
             raise KeyError(f"unknown concept {name!r}; this dictionary has {sorted(self.concepts)}") from None
 
-    def validate(self, stacks: Mapping[str | None, tuple[int, int]]) -> None:
-        """Check every neuron exists. ``stacks``: stack name (None = primary) -> (num_layers, intermediate_size)."""
+    def validate(self, stacks: Mapping[str | None, tuple[int, int]],
+                 widths: Mapping[str | None, int] | None = None) -> None:
+        """Check every neuron exists. ``stacks``: stack name (None = primary) -> (num_layers, intermediate_size);
+        ``widths``: stack -> residual width, to check directions (unchecked without it)."""
         for concept in self.concepts.values():
             if concept.stack not in stacks:
                 raise DictionaryError(
@@ -116,6 +147,12 @@ class InterventionDictionary:
                         f"concept {concept.name!r}: neuron (layer {layer}, index {neuron}) is outside the model "
                         f"({num_layers} layers x {width} neurons); was the dictionary made for another model?"
                     )
+            for layer, vector in concept.directions.items():
+                hidden = (widths or {}).get(concept.stack, len(vector))
+                if not 0 <= layer < num_layers or len(vector) != hidden:
+                    raise DictionaryError(
+                        f"concept {concept.name!r}: a {len(vector)}-wide direction at layer {layer} does not fit the "
+                        f"model ({num_layers} layers, residual width {hidden})")
 
     def with_concepts(self, *concepts: Concept) -> InterventionDictionary:
         merged = dict(self.concepts)
@@ -172,6 +209,7 @@ def _native_concept(name: str, body: Mapping) -> Concept:
         description=str(body.get("description", "")),
         stack=body.get("stack"),
         tokens={int(k): [str(t) for t in v] for k, v in (body.get("tokens") or {}).items()},
+        directions={int(layer): tuple(float(x) for x in v) for layer, v in (body.get("directions") or {}).items()},
     )
 
 
@@ -226,6 +264,8 @@ def to_native(dictionary: InterventionDictionary) -> dict:
         body["neurons"] = {layer: ns for layer, ns in c.by_layer().items()}
         if c.tokens:
             body["tokens"] = {int(k): list(v) for k, v in c.tokens.items()}
+        if c.directions:
+            body["directions"] = {layer: list(v) for layer, v in c.directions.items()}
         concepts[c.name] = body
     model = {"name": dictionary.model_name, "num_layers": dictionary.num_layers,
              "intermediate_size": dictionary.intermediate_size}
@@ -238,6 +278,8 @@ def to_reference(dictionary: InterventionDictionary) -> dict:
         raise DictionaryError("writing the reference format needs the dictionary's intermediate_size")
     out: dict = {}
     for c in dictionary.concepts.values():
+        if c.directions:
+            raise DictionaryError(f"concept {c.name!r} is a direction; the reference format holds neurons only")
         out[c.name] = {flat: list(c.tokens.get(flat, [])) for flat in c.flat_indices(width)}
     return out
 

@@ -209,11 +209,15 @@ class SteeringEngine:
         return sorted(touched, key=lambda k: (str(k[0]), k[1]))
 
     def _unit_directions(self) -> dict[tuple[str, int, str], torch.Tensor]:
-        """For ``add``: per (stack, layer, concept), the unit sum of the concept's value vectors."""
+        """For ``add``: per (stack, layer, concept), the unit sum of the concept's value vectors (or its direction)."""
         directions = {}
         with torch.no_grad():
             for concept in self.dictionary.concepts.values():
                 stack = self._stacks[concept.stack]
+                for layer, vector in concept.directions.items():
+                    weight = stack.down_proj(layer).weight
+                    directions[(stack.name, layer, concept.name)] = torch.tensor(vector, dtype=weight.dtype,
+                                                                                 device=weight.device)
                 for layer, neurons in concept.by_layer().items():
                     weight = stack.down_proj(layer).weight  # (D, I)
                     direction = weight[:, neurons].sum(dim=1)
@@ -221,10 +225,10 @@ class SteeringEngine:
         return directions
 
     def _concept_mode(self, concept: Concept) -> str:
-        return concept.mode if self._mode == "dictionary" else self._mode
+        return concept.mode if self._mode == "dictionary" or concept.directions else self._mode
 
     def _build_plan(self) -> SteeringPlan:
-        active = {n: s for n, s in self._strengths.items() if s != 0.0 and self.dictionary[n].neurons}
+        active = {n: s for n, s in self._strengths.items() if s != 0.0 and self.dictionary[n].acts}
         state = SteeringState(self._enabled, self._mode, dict(active) if self._enabled else {}, self._version)
         if not state.active:
             return SteeringPlan(state)
@@ -235,8 +239,8 @@ class SteeringEngine:
             concept = self.dictionary[name]
             stack = self._stacks[concept.stack]
             mode = self._concept_mode(concept)
-            for layer, neurons in concept.by_layer().items():
-                key = (stack.name, layer)
+            for layer in concept.layers:
+                key, neurons = (stack.name, layer), concept.by_layer().get(layer, [])
                 if mode == "clamp":
                     clamp.setdefault(key, {}).update({n: strength for n in neurons})
                 elif mode == "scale":
@@ -306,4 +310,6 @@ def check_fits(model: nn.Module, dictionary: InterventionDictionary) -> None:
     }
     p = primary_stack(model)
     stacks[None] = (p.num_layers, p.intermediate_size)
-    dictionary.validate(stacks)
+    widths: dict[str | None, int] = {s.name: s.hidden_size for s in find_decoder_stacks(model)}
+    widths[None] = p.hidden_size
+    dictionary.validate(stacks, widths)

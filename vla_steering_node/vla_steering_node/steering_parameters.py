@@ -45,8 +45,7 @@ def declarations(engine: SteeringEngine) -> list[tuple[str, object, ParameterDes
         description = concept.description or f"concept {name!r}"
         out.append((strength_name(name), float(concept.strength), ParameterDescriptor(
             type=ParameterType.PARAMETER_DOUBLE,
-            description=f"{description} ({len(concept.neurons)} neurons, layers {list(concept.layers)}, "
-                        f"mode {concept.mode}); 0 = off",
+            description=f"{description} ({concept.summary}, mode {concept.mode}); 0 = off",
             floating_point_range=[FloatingPointRange(from_value=-limit, to_value=limit, step=0.0)])))
     return out
 
