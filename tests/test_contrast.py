@@ -125,3 +125,38 @@ def test_the_cli_writes_a_concept_the_dictionary_loader_and_engine_take(demo, tm
     report = (tmp_path / "contrast.md").read_text()
     assert "cos with `up`" in report and f"| {LAYER} |" in report
     steer(demo, InterventionDictionary({"up_down": concept})).engine.remove()
+
+
+def test_a_contrastive_concept_steers_the_node_live(demo, tmp_path):
+    """The node loads the direction concept like any other; `ros2 param set` of its strength moves the next action."""
+    from ros_harness import NodeProcess, unique_domain_id, wait_for
+
+    from vla_steering.contrast import contrast
+    from vla_steering.policies import SteeredPolicy
+    from vla_steering.policies.demo_vla import DIRECTIONS
+
+    rclpy = pytest.importorskip("rclpy")
+    from std_msgs.msg import String
+    from test_steering_node import Client, dz
+
+    result = contrast(SteeredPolicy(demo), scenes(DIRECTIONS["up"][0], 0), scenes(DIRECTIONS["down"][0], 0), [LAYER])
+    path = save_dictionary(result.dictionary("up_down"), tmp_path / "up_down.yaml")
+    domain = unique_domain_id()
+    os.environ.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    rclpy.init()
+    process = NodeProcess("vla_steering_node.node", domain, {"steering.dictionary": str(path),
+                                                              "max_abs_strength": 100.0}, log=tmp_path / "node.log")
+    client = Client()
+    client.instruction.publish(String(data="move left"))
+    try:
+        assert wait_for(lambda: client.set_client.service_is_ready() or not process.alive(), 120, client.spin)
+        before = client.act(timeout=60)
+        result_set = client.set("steering.up_down.strength", float(result.norms[0]))
+        assert result_set.successful, result_set.reason
+        after = client.act()
+        assert dz(after) - dz(before) > 0.1, (dz(before), dz(after))
+    finally:
+        code = process.stop()
+        client.node.destroy_node()
+        rclpy.shutdown()
+    assert code == 0, process.output()[-3000:]

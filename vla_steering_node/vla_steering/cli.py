@@ -203,31 +203,60 @@ def cmd_act(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_contrast(args: argparse.Namespace) -> int:
+def _scene_images(args: argparse.Namespace) -> list:
+    """--image files, else ``--scenes`` rendered demo scenes (the block alternating sides)."""
     import numpy as np
 
-    from vla_steering.contrast import concept_cosines, contrast, write_report
-    from vla_steering.dictionaries import load_dictionary, save_dictionary
-    from vla_steering.policies import Observation, SteeredPolicy, make_policy
-
-    policy = make_policy(args.policy, args.checkpoint)
     if args.image:
         from PIL import Image
 
-        images = [np.asarray(Image.open(path).convert("RGB")) for path in args.image]
-    else:
-        from vla_steering.policies.demo_vla import render_scene
+        return [np.asarray(Image.open(path).convert("RGB")) for path in args.image]
+    from vla_steering.policies.demo_vla import render_scene
 
-        rng = np.random.default_rng(args.seed)
-        images = [render_scene(("left", "right")[i % 2], "red", rng) for i in range(args.scenes)]
-    state = np.zeros(8, np.float32)
+    rng = np.random.default_rng(args.seed)
+    return [render_scene(("left", "right")[i % 2], "red", rng) for i in range(args.scenes)]
 
-    def observations(instructions: list[str]) -> list[Observation]:
-        return [Observation({"camera": image}, state, text) for text in instructions for image in images]
 
-    layers = _layers(args.layers)
-    result = contrast(SteeredPolicy(policy), observations(args.a), observations(args.b), layers, args.stack,
-                      args.position)
+def _observations(instructions: list[str], images: list) -> list:
+    """Every instruction with every image (robot state zero)."""
+    import numpy as np
+
+    from vla_steering.policies import Observation
+
+    return [Observation({"camera": image}, np.zeros(8, np.float32), text) for text in instructions for image in images]
+
+
+def _instructions(args: argparse.Namespace) -> list[str]:
+    """--instructions file (one per line), else the demo VLA's training instructions."""
+    if args.instructions:
+        lines = [line.strip() for line in Path(args.instructions).read_text().splitlines()]
+        return [line for line in lines if line]
+    from vla_steering.policies.demo_vla import training_instructions
+
+    return [text.format(color="red") for text, _, _ in training_instructions()]
+
+
+def _add_observation_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", default="demo", help="demo, openvla, pi0, pi05, smolvla")
+    p.add_argument("--checkpoint", default="", help="local checkpoint directory (not for demo)")
+    p.add_argument("--stack", default=None, help="decoder stack (module path; default: the primary)")
+    p.add_argument("--position", default="last", choices=("last", "mean"),
+                   help="the residual at each call's last position (the decision token) or averaged")
+    p.add_argument("--image", nargs="*", help="RGB image files, each paired with every instruction "
+                                               "(default: rendered demo scenes)")
+    p.add_argument("--scenes", type=int, default=2, help="rendered demo scenes per instruction")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def cmd_contrast(args: argparse.Namespace) -> int:
+    from vla_steering.contrast import concept_cosines, contrast, write_report
+    from vla_steering.dictionaries import load_dictionary, save_dictionary
+    from vla_steering.policies import SteeredPolicy, make_policy
+
+    policy = make_policy(args.policy, args.checkpoint)
+    images = _scene_images(args)
+    result = contrast(SteeredPolicy(policy), _observations(args.a, images), _observations(args.b, images),
+                      _layers(args.layers), args.stack, args.position)
     out = Path(args.out)
     description = f"{' / '.join(args.a)} minus {' / '.join(args.b)}"
     path = save_dictionary(result.dictionary(args.name, description), out / f"{args.name}.yaml")
@@ -241,6 +270,44 @@ def cmd_contrast(args: argparse.Namespace) -> int:
     for layer, norm in zip(result.layers, result.norms, strict=True):
         print(f"layer {layer}: |mean_A - mean_B| = {norm:.4g}")
     print(f"concept {args.name!r} (mode add, off) -> {path}; report -> {report}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from vla_steering.policies import SteeredPolicy, make_policy
+    from vla_steering.probes import fit_probes, probe_dataset, write_report
+
+    policy = make_policy(args.policy, args.checkpoint)
+    layers = _layers(args.layers)
+    residuals, actions = probe_dataset(SteeredPolicy(policy), _observations(_instructions(args), _scene_images(args)),
+                                       layers, args.stack, args.position)
+    result = fit_probes(residuals, actions, layers, policy.action_space.dims, seed=args.seed)
+    report = write_report(result, Path(args.out))
+    print(f"probes on {result.train} + {result.test} observations -> {report}")
+    return 0
+
+
+def cmd_sae(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vla_steering.dictionaries import InterventionDictionary, save_dictionary
+    from vla_steering.policies import SteeredPolicy, make_policy
+    from vla_steering.probes import probe_dataset
+    from vla_steering.sae import feature_concept, train_sae, write_report
+
+    policy = make_policy(args.policy, args.checkpoint)
+    observations = _observations(_instructions(args), _scene_images(args))
+    residuals, actions = probe_dataset(SteeredPolicy(policy), observations, [args.layer], args.stack, args.position)
+    data = residuals[:, 0]
+    order = np.random.default_rng(args.seed).permutation(len(data))
+    held_out, train = order[: len(data) // 5], order[len(data) // 5:]
+    trained = train_sae(data[train], args.features, args.k, args.kind, steps=args.steps, seed=args.seed)
+    out = Path(args.out)
+    report = write_report(trained, data, held_out, observations, actions, policy.action_space.dims, out)
+    if args.feature is not None:
+        concept = feature_concept(trained.sae, args.feature, f"sae_{args.feature}", args.layer, args.stack)
+        save_dictionary(InterventionDictionary({concept.name: concept}), out / f"{concept.name}.yaml")
+    print(f"SAE ({args.kind}, {args.features} features, k={args.k}) on {len(train)} observations -> {report}")
     return 0
 
 
@@ -353,22 +420,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("contrast", help="a contrastive residual-stream direction between two instruction sets, "
                                         "as a steerable concept (mode add)")
-    p.add_argument("--policy", default="demo", help="demo, openvla, pi0, pi05, smolvla")
-    p.add_argument("--checkpoint", default="", help="local checkpoint directory (not for demo)")
+    _add_observation_arguments(p)
     p.add_argument("--a", nargs="+", required=True, help="set A's instructions (e.g. 'move up' 'lift it')")
     p.add_argument("--b", nargs="+", required=True, help="set B's instructions (e.g. 'move down' 'lower it')")
     p.add_argument("--layers", required=True, help="comma-separated layers")
-    p.add_argument("--stack", default=None, help="decoder stack (module path; default: the primary)")
-    p.add_argument("--position", default="last", choices=("last", "mean"),
-                   help="the residual at each call's last position (the decision token) or averaged")
-    p.add_argument("--image", nargs="*", help="RGB image files, each paired with every instruction "
-                                               "(default: rendered demo scenes)")
-    p.add_argument("--scenes", type=int, default=4, help="rendered demo scenes per instruction")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dictionary", help="report the cosine with this dictionary's neuron concepts")
     p.add_argument("--name", default="contrast", help="the concept's name")
     p.add_argument("--out", required=True, help="output folder (<name>.yaml, contrast.md)")
     p.set_defaults(func=cmd_contrast)
+
+    p = sub.add_parser("probe", help="ridge probes: held-out R² of each action dimension from each layer's residual")
+    _add_observation_arguments(p)
+    p.add_argument("--instructions", help="a file of instructions, one per line (default: the demo's training set)")
+    p.add_argument("--layers", required=True, help="comma-separated layers")
+    p.add_argument("--out", required=True, help="output folder (probes.md, probes_r2.png)")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("sae", help="train a TopK / BatchTopK sparse autoencoder on a layer's residual stream")
+    _add_observation_arguments(p)
+    p.add_argument("--instructions", help="a file of instructions, one per line (default: the demo's training set)")
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--features", type=int, default=256)
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--kind", default="topk", choices=("topk", "batchtopk"))
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--feature", type=int, help="also write this feature's decoder direction as a concept")
+    p.add_argument("--out", required=True, help="output folder (sae.md, galleries, sae.pt)")
+    p.set_defaults(func=cmd_sae)
 
     p = sub.add_parser("reindex", help="make bags whose recording was killed or ran out of disk readable again")
     p.add_argument("bags", nargs="+", help="bag directories")
