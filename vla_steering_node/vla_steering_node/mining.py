@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ def write_results(stats: NeuronStats, frames: list[Frame], steered: SteeredPolic
         frame = frames[int(stats.argmax_observation[row, neuron])]
         rows.append({"layer": layer, "neuron": neuron, "max_abs": round(peak, 6),
                      "mean": round(float(stats.mean[row, neuron]), 6), "bag": Path(frame.bag).name,
-                     "stamp_ns": frame.stamp_ns, "instruction": frame.instruction, "top_tokens": " | ".join(words)})
+                     "stamp_ns": frame.stamp_ns, "instruction": frame.instruction, "top_tokens": json.dumps(words)})
     with open(out / "top_neurons.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -97,10 +98,15 @@ def write_results(stats: NeuronStats, frames: list[Frame], steered: SteeredPolic
              "", f"Stack `{stats.stack}`, layers {list(stats.layers)}; steering during the replay: "
                  f"{steered.engine.state.strengths if steered.engine else 'none'}.", "",
              "| layer | neuron | max abs | mean | top tokens | maximising frame |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['layer']} | {r['neuron']} | {r['max_abs']:.3f} | {r['mean']:.3f} | {r['top_tokens']} | "
-              f"{r['bag']} @ {r['stamp_ns'] / 1e9:.2f} s |" for r in rows]
+    lines += [f"| {r['layer']} | {r['neuron']} | {r['max_abs']:.3f} | {r['mean']:.3f} | {_cell(words)} | "
+              f"{r['bag']} @ {r['stamp_ns'] / 1e9:.2f} s |" for r, words in zip(rows, tokens, strict=True)]
     (out / "mining.md").write_text("\n".join(lines) + "\n")
     return rows
+
+
+def _cell(tokens: list[str]) -> str:
+    """Tokens as one Markdown table cell: code spans, pipes escaped, line breaks shown."""
+    return " ".join("`" + t.replace("|", "\\|").replace("\n", "⏎").replace("`", "'") + "`" for t in tokens)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,6 +132,10 @@ class DemoVLA(nn.Module):
         self.register_buffer("word_ids", torch.tensor(ids), persistent=False)
         self.readout = nn.Linear(len(MOTION_WORDS), LIBERO_EE_DELTA.dim)
 
+    def get_output_embeddings(self) -> nn.Module:
+        """The backbone's LM head: the demo's value vectors read through SmolLM2's vocabulary."""
+        return self.backbone.get_output_embeddings()
+
     def _text(self, text: str) -> torch.Tensor:
         ids = torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return self.backbone.get_input_embeddings()(ids)  # (n, D)
