@@ -76,7 +76,7 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     """The replay tools' policy options: which policy, its steering, and how observations were recorded."""
     parser.add_argument("--policy", default="demo")
     parser.add_argument("--checkpoint", default="")
-    parser.add_argument("--dictionary", default="", help="default: the demo VLA's")
+    parser.add_argument("--dictionary", default="", help="default: the demo VLA's (other policies: none)")
     parser.add_argument("--strength", action="append", default=[], help="concept=value (repeatable); none = off")
     parser.add_argument("--cameras", nargs="+", default=["agentview", "wrist"])
     parser.add_argument("--state-source", default="libero", choices=("libero", "joints"))
@@ -87,6 +87,10 @@ def steered_from_arguments(args: argparse.Namespace) -> SteeredPolicy:
     from vla_steering_node.node import default_dictionary
 
     policy = make_policy(args.policy, args.checkpoint)
+    if not args.dictionary and args.policy != "demo":  # the default dictionary is the demo VLA's
+        if args.strength:
+            raise ValueError(f"--strength needs --dictionary for policy {args.policy!r}")
+        return SteeredPolicy(policy)
     dictionary = load_dictionary(args.dictionary or default_dictionary(), primary_stack(policy.model).intermediate_size)
     steered = steer(policy, dictionary)
     strengths = {name: 0.0 for name in steered.engine.concepts}
