@@ -72,3 +72,31 @@ def golden_noise(family: str):
     import torch
 
     return torch.from_numpy(np.load(golden_dir(family) / "inputs" / "noise.npy"))
+
+
+def golden_concept(family: str, name: str, stacks: tuple[str, str]):
+    """Hook ``name`` of the set's steering.json as a clamp concept on the native model's stacks ((VLM, expert))."""
+    import json
+
+    from vla_steering.dictionaries import Concept, InterventionDictionary
+
+    spec = json.loads((golden_dir(family) / "steering.json").read_text())[name]
+    layer = int(spec["module"].split(".layers.")[1].split(".")[0])
+    stack = stacks[0] if name == "vlm" else stacks[1]
+    return InterventionDictionary({name: Concept(name, tuple((layer, n) for n in spec["neurons"]),
+                                                 strength=spec["value"], stack=stack)})
+
+
+def denoise_steered(policy, observation, noise, dictionary=None):
+    """``policy.denoise`` on ``observation`` with ``dictionary``'s concepts applied (None: unsteered), then unhooked."""
+    from contextlib import nullcontext
+
+    from vla_steering.policies import steer
+
+    steered = steer(policy, dictionary) if dictionary is not None else None
+    try:
+        with steered.engine.applied() if steered is not None else nullcontext():
+            return policy.denoise(policy.model_inputs(observation), noise)
+    finally:
+        if steered is not None:
+            steered.engine.remove()

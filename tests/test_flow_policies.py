@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import json
 import shutil
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
-from golden import checkpoint, expected, golden_dir, golden_noise, lerobot_observation, max_abs
+from golden import (
+    checkpoint,
+    denoise_steered,
+    expected,
+    golden_concept,
+    golden_dir,
+    golden_noise,
+    lerobot_observation,
+    max_abs,
+)
 
 from vla_steering.dictionaries import Concept, DictionaryError, InterventionDictionary
 from vla_steering.policies import Observation, make_policy, steer
@@ -69,12 +77,8 @@ def policy(family):
     return _LOADED[family.name]
 
 
-def golden_concept(family: Family, name: str) -> InterventionDictionary:
-    spec = json.loads((golden_dir(family.name) / "steering.json").read_text())[name]
-    layer = int(spec["module"].split(".layers.")[1].split(".")[0])
-    stack = family.stacks[0] if name == "vlm" else family.stacks[1]
-    return InterventionDictionary({name: Concept(name, tuple((layer, n) for n in spec["neurons"]),
-                                                 strength=spec["value"], stack=stack)})
+def family_concept(family: Family, name: str) -> InterventionDictionary:
+    return golden_concept(family.name, name, family.stacks)
 
 
 def test_the_preprocessor_pipeline_and_images_match_lerobot(family, policy):
@@ -104,13 +108,8 @@ def test_the_policy_path_returns_the_unnormalised_chunk(family, policy, monkeypa
 
 @pytest.mark.parametrize("name", ["vlm", "expert"])
 def test_steered_runs_match_lerobot_with_the_same_neurons_clamped(family, policy, name):
-    steered = steer(policy, golden_concept(family, name))
-    try:
-        with steered.engine.applied():
-            final, velocities = policy.denoise(policy.model_inputs(lerobot_observation(family.name)),
-                                               golden_noise(family.name))
-    finally:
-        steered.engine.remove()
+    final, velocities = denoise_steered(policy, lerobot_observation(family.name), golden_noise(family.name),
+                                        family_concept(family, name))
     assert max_abs(velocities[0], family.expected(f"steered_{name}_first_step_velocity")) < TOLERANCE
     assert max_abs(final[:, :, :7], family.expected(f"steered_{name}_actions_normalized")) < TOLERANCE
     assert max_abs(policy.unnormalize(final[:, :, :7]), family.expected(f"steered_{name}_actions")) < TOLERANCE
@@ -119,7 +118,7 @@ def test_steered_runs_match_lerobot_with_the_same_neurons_clamped(family, policy
 
 
 def test_strength_zero_is_bit_identical_to_unsteered(family, policy):
-    neurons = golden_concept(family, "expert").concepts["expert"].neurons
+    neurons = family_concept(family, "expert").concepts["expert"].neurons
     dictionary = InterventionDictionary({"push": Concept("push", neurons, strength=0.0, stack=family.stacks[1])})
     plain = policy.predict(lerobot_observation(family.name))
     steered = steer(policy, dictionary)
@@ -249,20 +248,9 @@ def test_an_openpi_pi05_folder_gets_openpis_pi05_libero_inputs(openpi):
 
 @pytest.mark.parametrize("name", [None, "vlm", "expert"])
 def test_an_openpi_pi05_folder_matches_openpis_pi05(openpi, name):
-    steered = None
-    if name is not None:
-        spec = json.loads((golden_dir(OPENPI) / "steering.json").read_text())[name]
-        layer = int(spec["module"].split(".layers.")[1].split(".")[0])
-        stack = FAMILIES["pi05"].stacks[0 if name == "vlm" else 1]
-        steered = steer(openpi, InterventionDictionary({name: Concept(
-            name, tuple((layer, n) for n in spec["neurons"]), strength=spec["value"], stack=stack)}))
+    dictionary = None if name is None else golden_concept(OPENPI, name, FAMILIES["pi05"].stacks)
+    final, velocities = denoise_steered(openpi, openpi_observation(), openpi_noise(), dictionary)
     prefix = "" if name is None else f"steered_{name}_"
-    try:
-        with steered.engine.applied() if steered is not None else nullcontext():
-            final, velocities = openpi.denoise(openpi.model_inputs(openpi_observation()), openpi_noise())
-    finally:
-        if steered is not None:
-            steered.engine.remove()
     assert max_abs(velocities[0], expected(OPENPI, f"{prefix}first_step_velocity")) < TOLERANCE
     assert max_abs(final[:, :, :7], expected(OPENPI, f"{prefix}actions_normalized")) < TOLERANCE
     assert max_abs(openpi.unnormalize(final[:, :, :7]), expected(OPENPI, f"{prefix}actions")) < TOLERANCE

@@ -4,7 +4,6 @@ PI0Policy (../shared/golden/pi0) and openpi's PI0Pytorch with its pi0_libero tra
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from golden import checkpoint, expected, golden_dir, lerobot_observation, max_abs
+from golden import checkpoint, denoise_steered, expected, golden_concept, golden_dir, lerobot_observation, max_abs
 from golden import golden_noise as noise_of
 from ros_harness import SOURCE_PATH
 
@@ -65,17 +64,8 @@ def test_the_policy_path_returns_the_unnormalised_chunk(pi0, monkeypatch):
 
 @pytest.mark.parametrize("name", ["vlm", "expert"])
 def test_steered_runs_match_lerobot_with_the_same_neurons_clamped(pi0, name):
-    spec = json.loads((golden_dir(FAMILY) / "steering.json").read_text())[name]
-    layer = int(spec["module"].split(".layers.")[1].split(".")[0])
-    stack = VLM_STACK if name == "vlm" else EXPERT_STACK
-    dictionary = InterventionDictionary({name: Concept(name, tuple((layer, n) for n in spec["neurons"]),
-                                                       strength=spec["value"], stack=stack)})
-    steered = steer(pi0, dictionary)
-    try:
-        with steered.engine.applied():
-            final, velocities = pi0.denoise(pi0.model_inputs(golden_observation()), golden_noise())
-    finally:
-        steered.engine.remove()
+    dictionary = golden_concept(FAMILY, name, (VLM_STACK, EXPERT_STACK))
+    final, velocities = denoise_steered(pi0, golden_observation(), golden_noise(), dictionary)
     assert max_abs(velocities[0], expected(FAMILY, f"steered_{name}_first_step_velocity")) < TOLERANCE
     assert max_abs(final[:, :, :7], expected(FAMILY, f"steered_{name}_actions_normalized")) < TOLERANCE
     assert max_abs(pi0.unnormalize(final[:, :, :7]), expected(FAMILY, f"steered_{name}_actions")) < TOLERANCE
@@ -157,23 +147,9 @@ def test_an_openpi_folder_gets_openpis_inputs(openpi):
 
 @pytest.mark.parametrize("name", [None, "vlm", "expert"])
 def test_an_openpi_folder_matches_openpis_pi0(openpi, name):
-    steered = None
-    if name is not None:
-        spec = json.loads((golden_dir(OPENPI) / "steering.json").read_text())[name]
-        layer = int(spec["module"].split(".layers.")[1].split(".")[0])
-        stack = VLM_STACK if name == "vlm" else EXPERT_STACK
-        steered = steer(openpi, InterventionDictionary({name: Concept(
-            name, tuple((layer, n) for n in spec["neurons"]), strength=spec["value"], stack=stack)}))
+    dictionary = None if name is None else golden_concept(OPENPI, name, (VLM_STACK, EXPERT_STACK))
+    final, velocities = denoise_steered(openpi, openpi_observation(), golden_noise(), dictionary)
     prefix = "" if name is None else f"steered_{name}_"
-    try:
-        if steered is not None:
-            with steered.engine.applied():
-                final, velocities = openpi.denoise(openpi.model_inputs(openpi_observation()), golden_noise())
-        else:
-            final, velocities = openpi.denoise(openpi.model_inputs(openpi_observation()), golden_noise())
-    finally:
-        if steered is not None:
-            steered.engine.remove()
     assert max_abs(velocities[0], expected(OPENPI, f"{prefix}first_step_velocity")) < TOLERANCE
     assert max_abs(final[:, :, :7], expected(OPENPI, f"{prefix}actions_normalized")) < TOLERANCE
     assert max_abs(openpi.unnormalize(final[:, :, :7]), expected(OPENPI, f"{prefix}actions")) < TOLERANCE

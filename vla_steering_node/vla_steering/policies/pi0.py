@@ -185,6 +185,7 @@ class Pi0Policy(Policy):
     """
 
     action_space = LIBERO_EE_DELTA
+    vlm_stack = VLM_STACK  # the VLM's decoder layers (module path): the expert reads their keys and values
 
     def __init__(self, model: nn.Module, config: Mapping, preprocessor: Pipeline, postprocessor: Pipeline,
                  seed: int = 0, resize=None):
@@ -230,9 +231,10 @@ class Pi0Policy(Policy):
         return cls(model.to(device), config, pre, post, seed, resize=resize)
 
     def inert_layers(self) -> dict[tuple[str, int], str]:
-        last = len(self.model.model.vlm.language_model.layers) - 1
-        return {(VLM_STACK, last): "the action expert reads only each VLM layer's keys and values, computed "
-                                   "before that layer's MLP, so the last VLM layer's MLP cannot change the actions"}
+        last = len(self.model.get_submodule(self.vlm_stack)) - 1
+        return {(self.vlm_stack, last): "the action expert reads only each VLM layer's keys and values, computed "
+                                        "before that layer's MLP, so the last VLM layer's MLP cannot change the "
+                                        "actions"}
 
     # ----------------------------------------------------------- the stages
     def _camera_images(self, observation: Observation) -> dict[str, torch.Tensor]:

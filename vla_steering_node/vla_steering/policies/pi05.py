@@ -220,6 +220,8 @@ def _state_prompt(config: Mapping) -> Step:
 class Pi05Policy(Pi0Policy):
     """pi0.5: pi0's inputs and outputs (:class:`Pi0Policy`), its own model and prompt."""
 
+    vlm_stack = VLM_STACK
+
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path, device: str = "cpu", seed: int = 0,
                         tokenizer: str | Path | None = None, asset_id: str | None = None) -> Pi05Policy:
@@ -240,11 +242,6 @@ class Pi05Policy(Pi0Policy):
         (pre, post), resize = pi_pipelines(path, stats, tokenizer, "pi05",
                                            {"pi05_prepare_state_tokenizer_processor_step": _state_prompt})
         return cls(model.to(device), config, pre, post, seed, resize=resize)
-
-    def inert_layers(self) -> dict[tuple[str, int], str]:
-        last = len(self.model.vlm.language_model.layers) - 1
-        return {(VLM_STACK, last): "the action expert reads only each VLM layer's keys and values, computed "
-                                   "before that layer's MLP, so the last VLM layer's MLP cannot change the actions"}
 
     def velocity_field(self, inputs: Mapping[str, torch.Tensor]) -> VelocityField:
         """Run the PaliGemma prefix once; return ``v(x, t)`` over its keys and values."""

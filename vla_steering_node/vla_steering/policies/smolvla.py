@@ -263,6 +263,8 @@ def _layer_count(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> int:
 class SmolVLAPolicy(Pi0Policy):
     """SmolVLA: pi0's camera, pipeline and noise handling (:class:`Pi0Policy`), its own model and resize."""
 
+    vlm_stack = VLM_STACK
+
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path, device: str = "cpu", seed: int = 0,
                         vlm: str | Path | None = None) -> SmolVLAPolicy:
@@ -305,11 +307,6 @@ class SmolVLAPolicy(Pi0Policy):
         else:  # LeRobot would pass the camera's own size; the model's input is the feature's declared size
             policy.resolution = tuple(config["input_features"][policy.image_keys[0]]["shape"][1:])
         return policy
-
-    def inert_layers(self) -> dict[tuple[str, int], str]:
-        last = len(self.model.vlm.text_model.layers) - 1
-        return {(VLM_STACK, last): "the action expert reads only each VLM layer's keys and values, computed "
-                                   "before that layer's MLP, so the last VLM layer's MLP cannot change the actions"}
 
     def velocity_field(self, inputs: Mapping[str, torch.Tensor]) -> VelocityField:
         """Run the SmolVLM prefix (images, language, state) once; return ``v(x, t)`` over its keys and values."""
