@@ -146,7 +146,7 @@ def test_activation_mining_over_the_recorded_bags(evaluation, tmp_path):
     up = load_dictionary(ROOT / "config" / "demo_vla_dictionary.yaml", 1536)["up"]
     layers = sorted({layer for layer, _ in up.neurons})
     code = main([*bags, "--strength", "up=9", "--layers", ",".join(map(str, layers)), "--top", "10",
-                 "--out", str(tmp_path)])
+                 "--clusters", "3", "--out", str(tmp_path)])
     assert code == 0
     stats = NeuronStats.load(tmp_path / "neuron_stats.npz")
     recorded = sum(1 for bag in bags for _ in recorded_steps(bag, ["agentview", "wrist"], "libero",
@@ -162,7 +162,14 @@ def test_activation_mining_over_the_recorded_bags(evaluation, tmp_path):
     assert all(len(json.loads(r["top_tokens"])) == 8 and r["bag"] in {Path(b).name for b in bags} for r in rows)
     mined = load_dictionary(tmp_path / "mined.yaml", 1536)["mined"]
     assert set(mined.neurons) == {(int(r["layer"]), int(r["neuron"])) for r in rows} and mined.strength == 0.0
+    assert {r["cluster"] for r in rows} == {"0", "1", "2"} and (tmp_path / "mining_tsne.png").stat().st_size > 1000
     assert "| layer | neuron |" in (tmp_path / "mining.md").read_text()
+    ranked = tmp_path / "ranked"
+    assert main([*bags, "--layers", ",".join(map(str, layers)), "--top", "200", "--keywords", "up", "--out",
+                 str(ranked)]) == 0
+    with open(ranked / "top_neurons.csv") as handle:
+        scores = [float(r["keyword_score"]) for r in csv.DictReader(handle)]
+    assert scores == sorted(scores, reverse=True)
     assert main([str(tmp_path / "no_such_bag"), "--out", str(tmp_path / "x")]) == 1
 
 

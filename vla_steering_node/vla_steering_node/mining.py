@@ -4,7 +4,9 @@ Every action chunk of every bag whose observation was recorded (the images stamp
 the robot state before it, the instruction: :func:`vla_steering_node.counterfactual.recorded_steps`)
 is fed to the policy under the given steering, with an :class:`vla_steering.capture.ActivationCapture`
 on the chosen layers. The strongest neurons (largest ``|activation|``) are joined with their
-value vectors' top tokens (through the policy's unembedding) and the frame that maximised each.
+value vectors' top tokens (:mod:`vla_steering.projection`) and the frame that maximised each;
+optionally clustered (k-means in semantic or weight space, :mod:`vla_steering.concepts`, with a
+t-SNE picture) and ranked by keywords' token families.
 
 ``python -m vla_steering_node.mining BAG [BAG ...] [--layers 10,11] [--top 40] --out DIR`` writes
 ``DIR/neuron_stats.npz`` (every neuron's statistics), ``DIR/top_neurons.csv``, ``DIR/mined.yaml``
@@ -17,18 +19,19 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 from tqdm import tqdm
 
-from vla_steering.anatomy import primary_stack, unembedding
 from vla_steering.bags import BagError
 from vla_steering.capture import ActivationCapture, NeuronStats
+from vla_steering.concepts import cluster_neurons, keyword_scores, neuron_features
 from vla_steering.dictionaries import Concept, InterventionDictionary, save_dictionary
 from vla_steering.policies import SteeredPolicy
+from vla_steering.projection import Projection, project_value_vectors, source_from_model, tokenizer_decoder
 from vla_steering_node.counterfactual import add_policy_arguments, recorded_steps, steered_from_arguments
 
 
@@ -58,33 +61,69 @@ def mine(bags: Sequence[str | Path], steered: SteeredPolicy, cameras: list[str],
     return stats, frames
 
 
-@torch.inference_mode()
-def top_tokens(model: torch.nn.Module, stack: str, neurons: Sequence[tuple[int, int]],
-               decode: Callable[[list[int]], list[str]] | None, k: int = 8) -> list[list[str]]:
-    """Each neuron's value vector projected through the unembedding: its ``k`` top tokens (ids if no decoder)."""
-    decoder, head = primary_stack(model, stack), unembedding(model).float()
-    out = []
-    for layer, neuron in neurons:
-        ids = torch.topk(head @ decoder.value_vectors(layer)[neuron].float(), k).indices.tolist()
-        out.append(decode(ids) if decode else [str(i) for i in ids])
-    return out
+def mined_projection(steered: SteeredPolicy, stats: NeuronStats, top_k: int = 8) -> Projection:
+    """The value-vector projection of the mined layers (tokens decoded when the policy has a tokenizer)."""
+    source = source_from_model(steered.policy.model, stack=stats.stack)
+    projection = project_value_vectors(source, layers=stats.layers, top_k=top_k, progress=False)
+    tokenizer = getattr(steered.policy.model, "tokenizer", None)
+    if tokenizer is not None:
+        projection.attach_tokens(tokenizer_decoder(tokenizer))
+    return projection
 
 
-def write_results(stats: NeuronStats, frames: list[Frame], steered: SteeredPolicy, out: Path, top: int) -> list[dict]:
-    """neuron_stats.npz, top_neurons.csv, mined.yaml and mining.md in ``out``; the CSV's rows."""
+def plot_tsne(features: np.ndarray, labels: np.ndarray, names: list[str], path: Path) -> Path:
+    """A t-SNE picture of the strongest neurons' features, coloured by cluster, labelled by their first token."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    points = TSNE(n_components=2, perplexity=min(30.0, (len(features) - 1) / 3), random_state=0,
+                  init="random").fit_transform(features)
+    figure, axes = plt.subplots(figsize=(7, 6))
+    axes.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=30)
+    for (x, y), name in zip(points, names, strict=True):
+        axes.annotate(name, (x, y), fontsize=6)
+    axes.set_title("strongest neurons (t-SNE), coloured by k-means cluster")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def write_results(stats: NeuronStats, frames: list[Frame], steered: SteeredPolicy, out: Path, top: int,
+                  clusters: int = 0, space: str = "semantic", keywords: Sequence[str] = ()) -> list[dict]:
+    """neuron_stats.npz, top_neurons.csv, mined.yaml and mining.md (with clusters: mining_tsne.png) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     stats.save(out / "neuron_stats.npz")
     strongest = stats.strongest(top)
-    tokenizer = getattr(steered.policy.model, "tokenizer", None)
-    decode = (lambda ids: [tokenizer.decode([i]) for i in ids]) if tokenizer is not None else None
-    tokens = top_tokens(steered.policy.model, stats.stack, [(layer, n) for layer, n, _ in strongest], decode)
+    projection = mined_projection(steered, stats)
+    rows_of = [projection.row(layer, n) for layer, n, _ in strongest]
+    tokens = projection.pos_tokens if projection.pos_tokens is not None else projection.pos_ids.astype(str)
+    labels = None
+    if clusters:
+        source = source_from_model(steered.policy.model, stack=stats.stack)
+        labels = cluster_neurons(source, projection, clusters, rows=rows_of, space=space)
+        names = [str(tokens[r][0]) for r in rows_of]
+        plot_tsne(neuron_features(source, projection, np.asarray(rows_of), space), labels, names,
+                  out / "mining_tsne.png")
+    scores = keyword_scores(projection, keywords) if keywords else None
     rows = []
-    for (layer, neuron, peak), words in zip(strongest, tokens, strict=True):
-        row = stats.layers.index(layer)
-        frame = frames[int(stats.argmax_observation[row, neuron])]
-        rows.append({"layer": layer, "neuron": neuron, "max_abs": round(peak, 6),
-                     "mean": round(float(stats.mean[row, neuron]), 6), "bag": Path(frame.bag).name,
-                     "stamp_ns": frame.stamp_ns, "instruction": frame.instruction, "top_tokens": json.dumps(words)})
+    for i, ((layer, neuron, peak), r) in enumerate(zip(strongest, rows_of, strict=True)):
+        index = stats.layers.index(layer)
+        frame = frames[int(stats.argmax_observation[index, neuron])]
+        row = {"layer": layer, "neuron": neuron, "max_abs": round(peak, 6),
+               "mean": round(float(stats.mean[index, neuron]), 6), "bag": Path(frame.bag).name,
+               "stamp_ns": frame.stamp_ns, "instruction": frame.instruction,
+               "top_tokens": json.dumps([str(t) for t in tokens[r]])}
+        if labels is not None:
+            row["cluster"] = int(labels[i])
+        if scores is not None:
+            row["keyword_score"] = round(float(scores[r]), 4)
+        rows.append(row)
+    if scores is not None:
+        rows.sort(key=lambda row: -row["keyword_score"])
     with open(out / "top_neurons.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -94,12 +133,19 @@ def write_results(stats: NeuronStats, frames: list[Frame], steered: SteeredPolic
                                   f"observations", stack=stats.stack)
     save_dictionary(InterventionDictionary({"mined": concept}, intermediate_size=stats.max_abs.shape[1]),
                     out / "mined.yaml")
+    extra = [k for k in ("cluster", "keyword_score") if k in rows[0]]
     lines = [f"# Activation mining: {stats.observations} observations from {len({f.bag for f in frames})} bag(s)",
              "", f"Stack `{stats.stack}`, layers {list(stats.layers)}; steering during the replay: "
-                 f"{steered.engine.state.strengths if steered.engine else 'none'}.", "",
-             "| layer | neuron | max abs | mean | top tokens | maximising frame |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['layer']} | {r['neuron']} | {r['max_abs']:.3f} | {r['mean']:.3f} | {_cell(words)} | "
-              f"{r['bag']} @ {r['stamp_ns'] / 1e9:.2f} s |" for r, words in zip(rows, tokens, strict=True)]
+                 f"{steered.engine.state.strengths if steered.engine else 'none'}"
+                 + (f"; ranked by the keywords {list(keywords)}" if keywords else "") + ".", "",
+             "| layer | neuron | max abs | mean |" + "".join(f" {k} |" for k in extra)
+             + " top tokens | maximising frame |", "|---|---|---|---|" + "---|" * len(extra) + "---|---|"]
+    lines += [f"| {r['layer']} | {r['neuron']} | {r['max_abs']:.3f} | {r['mean']:.3f} |"
+              + "".join(f" {r[k]} |" for k in extra)
+              + f" {_cell(json.loads(r['top_tokens']))} | {r['bag']} @ {r['stamp_ns'] / 1e9:.2f} s |" for r in rows]
+    if labels is not None:
+        lines += ["", f"k-means clusters ({clusters}, {space} space) of the strongest neurons:", "",
+                  "![t-SNE](mining_tsne.png)"]
     (out / "mining.md").write_text("\n".join(lines) + "\n")
     return rows
 
@@ -116,13 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", default=None, help="decoder stack (module path; default: the primary)")
     parser.add_argument("--layers", default="", help="comma-separated layers (default: all)")
     parser.add_argument("--top", type=int, default=40, help="how many strongest neurons to list and keep")
+    parser.add_argument("--clusters", type=int, default=0, help="k-means clusters of them, with a t-SNE picture")
+    parser.add_argument("--space", default="semantic", choices=("semantic", "weight"), help="clustering space")
+    parser.add_argument("--keywords", nargs="*", default=[], help="rank them by these keywords' token families")
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     try:
         steered = steered_from_arguments(args)
         stats, frames = mine(args.bags, steered, args.cameras, args.state_source, stack=args.stack, layers=layers)
-        rows = write_results(stats, frames, steered, Path(args.out), args.top)
+        rows = write_results(stats, frames, steered, Path(args.out), args.top, args.clusters, args.space,
+                             args.keywords)
     except (BagError, KeyError, ValueError, FileNotFoundError) as error:
         print(f"activation mining failed: {error}", file=sys.stderr)
         return 1
