@@ -16,7 +16,7 @@ tensor, and refuses the checkpoint — never initialises at random — when
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,6 +45,22 @@ def empty_model(dtype: torch.dtype) -> Iterator[None]:
             yield
     finally:
         torch.set_default_dtype(previous)
+
+
+def renaming_converter(prefixes: Sequence[tuple[str, str]], exact: Mapping[str, str | None] | None = None) -> Converter:
+    """A converter that renames: a name in ``exact`` fills that one parameter (None: known and unused), else the
+    first of ``prefixes`` (published prefix, model prefix) it starts with is replaced; any other name is unknown."""
+    exact = dict(exact or {})
+
+    def convert(name: str, tensor: torch.Tensor) -> Mapping[str, torch.Tensor] | None:
+        if name in exact:
+            return {} if exact[name] is None else {exact[name]: tensor}
+        for prefix, target in prefixes:
+            if name.startswith(prefix):
+                return {target + name[len(prefix):]: tensor}
+        return None
+
+    return convert
 
 
 def safetensors_files(folder: Path) -> list[Path]:

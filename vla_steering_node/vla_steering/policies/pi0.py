@@ -46,7 +46,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla_steering.policies.base import LIBERO_EE_DELTA, Observation, Policy
-from vla_steering.policies.checkpoint import CheckpointError, empty_model, load_checked, tensor_names
+from vla_steering.policies.checkpoint import (
+    CheckpointError,
+    Converter,
+    empty_model,
+    load_checked,
+    renaming_converter,
+    tensor_names,
+)
 from vla_steering.policies.lerobot_processing import NEW_LINE_STEPS, Pipeline, read_pipeline, read_policy_config
 from vla_steering.policies.openpi_processing import (
     is_openpi_folder,
@@ -101,30 +108,21 @@ def paligemma_config(text: GemmaDims, vocab: int, resolution: int) -> dict:
             "projection_dim": text.width, "image_token_id": IMAGE_TOKEN_ID}
 
 
-def pi0_converter(root: str) -> callable:
-    """Published pi0 names (``root`` = ``"model."`` for LeRobot, ``""`` for openpi) -> transformers' PI0."""
+def pi0_converter(root: str) -> Converter:
+    """Published pi0 names (``root`` = ``"model."`` for LeRobot, ``""`` for openpi) -> transformers' PI0.
+
+    The token embedding is tied to ``paligemma.lm_head``; the expert's ``lm_head`` is published but unused.
+    """
     pali = f"{root}paligemma_with_expert.paligemma."
     expert = f"{root}paligemma_with_expert.gemma_expert."
-    heads = {f"{root}{n}": f"embed_action_time.{n}" for n in
-             ("state_proj", "action_in_proj", "action_time_mlp_in", "action_time_mlp_out")}
-    heads[f"{root}action_out_proj"] = "action_out_proj"
-
-    def convert(name: str, tensor: torch.Tensor) -> Mapping[str, torch.Tensor] | None:
-        if name == pali + "lm_head.weight":  # tied: the token embedding
-            return {"model.vlm.language_model.embed_tokens.weight": tensor}
-        if name == expert + "lm_head.weight":  # published, never used
-            return {}
-        for prefix, target in ((pali + "model.vision_tower.vision_model.", "model.vlm.vision_tower."),
-                               (pali + "model.multi_modal_projector.", "model.vlm.multi_modal_projector."),
-                               (pali + "model.language_model.", "model.vlm.language_model."),
-                               (expert + "model.", "model.dit.")):
-            if name.startswith(prefix):
-                rest = name[len(prefix):]
-                return None if rest == "embed_tokens.weight" and target == "model.dit." else {target + rest: tensor}
-        module, _, kind = name.rpartition(".")
-        return {f"{heads[module]}.{kind}": tensor} if module in heads else None
-
-    return convert
+    heads = [(f"{root}{n}.", f"embed_action_time.{n}.") for n in
+             ("state_proj", "action_in_proj", "action_time_mlp_in", "action_time_mlp_out")]
+    return renaming_converter(
+        [(pali + "model.vision_tower.vision_model.", "model.vlm.vision_tower."),
+         (pali + "model.multi_modal_projector.", "model.vlm.multi_modal_projector."),
+         (pali + "model.language_model.", "model.vlm.language_model."), (expert + "model.", "model.dit."),
+         *heads, (f"{root}action_out_proj.", "action_out_proj.")],
+        {pali + "lm_head.weight": "model.vlm.language_model.embed_tokens.weight", expert + "lm_head.weight": None})
 
 
 def read_pi_folder(path: Path, family: str, asset_id: str | None) -> tuple[dict, dict | None, dict, str]:

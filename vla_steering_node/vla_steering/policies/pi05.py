@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla_steering.policies.checkpoint import empty_model, load_checked
+from vla_steering.policies.checkpoint import Converter, empty_model, load_checked, renaming_converter
 from vla_steering.policies.lerobot_processing import Batch, Step
 from vla_steering.policies.pi0 import (
     TOKENS_PER_IMAGE,
@@ -176,26 +176,15 @@ class Pi05Model(nn.Module):
         return self.action_out_proj(out.float())
 
 
-def pi05_converter(root: str) -> callable:
+def pi05_converter(root: str) -> Converter:
     """Published pi0.5 names (``root`` = ``"model."`` for LeRobot, ``""`` for openpi) -> :class:`Pi05Model`'s."""
     pali, expert = f"{root}paligemma_with_expert.paligemma.", f"{root}paligemma_with_expert.gemma_expert."
-    heads = {f"{root}{n}": n for n in ("action_in_proj", "time_mlp_in", "time_mlp_out", "action_out_proj")}
-
-    def convert(name: str, tensor: torch.Tensor) -> Mapping[str, torch.Tensor] | None:
-        if name == pali + "lm_head.weight":  # tied: the token embedding
-            return {"vlm.language_model.embed_tokens.weight": tensor}
-        if name == expert + "lm_head.weight":  # published, never used
-            return {}
-        for prefix, target in ((pali + "model.vision_tower.vision_model.", "vlm.vision_tower."),
-                               (pali + "model.multi_modal_projector.", "vlm.multi_modal_projector."),
-                               (pali + "model.language_model.", "vlm.language_model."),
-                               (expert + "model.", "expert.")):
-            if name.startswith(prefix):
-                return {target + name[len(prefix):]: tensor}
-        module, _, kind = name.rpartition(".")
-        return {f"{heads[module]}.{kind}": tensor} if module in heads else None
-
-    return convert
+    heads = [(f"{root}{n}.", f"{n}.") for n in ("action_in_proj", "time_mlp_in", "time_mlp_out", "action_out_proj")]
+    return renaming_converter(
+        [(pali + "model.vision_tower.vision_model.", "vlm.vision_tower."),
+         (pali + "model.multi_modal_projector.", "vlm.multi_modal_projector."),
+         (pali + "model.language_model.", "vlm.language_model."), (expert + "model.", "expert."), *heads],
+        {pali + "lm_head.weight": "vlm.language_model.embed_tokens.weight", expert + "lm_head.weight": None})
 
 
 def _state_prompt(config: Mapping) -> Step:

@@ -39,7 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla_steering.policies.checkpoint import CheckpointError, empty_model, load_checked, tensor_names
+from vla_steering.policies.checkpoint import (
+    CheckpointError,
+    Converter,
+    empty_model,
+    load_checked,
+    renaming_converter,
+    tensor_names,
+)
 from vla_steering.policies.lerobot_processing import NEW_LINE_STEPS, local_folder, read_pipeline, read_policy_config
 from vla_steering.policies.pi0 import Pi0Policy, VelocityField, sinusoidal_time
 
@@ -212,20 +219,12 @@ class SmolVLAModel(nn.Module):
         return self.action_out_proj(self.expert.norm(h)[:, -config.chunk_size:].float())
 
 
-def smolvla_converter() -> callable:
+def smolvla_converter() -> Converter:
     """LeRobot's SmolVLA names -> :class:`SmolVLAModel`'s."""
-    heads = {f"model.{n}": n for n in ("state_proj", "action_in_proj", "action_out_proj",
-                                       "action_time_mlp_in", "action_time_mlp_out")}
-
-    def convert(name: str, tensor: torch.Tensor) -> Mapping[str, torch.Tensor] | None:
-        for prefix, target in ((PUBLISHED + "vlm.model.", "vlm."), (PUBLISHED + "vlm.lm_head.", "lm_head."),
-                               (PUBLISHED + "lm_expert.", "expert.")):
-            if name.startswith(prefix):
-                return {target + name[len(prefix):]: tensor}
-        module, _, kind = name.rpartition(".")
-        return {f"{heads[module]}.{kind}": tensor} if module in heads else None
-
-    return convert
+    heads = [(f"model.{n}.", f"{n}.") for n in ("state_proj", "action_in_proj", "action_out_proj",
+                                               "action_time_mlp_in", "action_time_mlp_out")]
+    return renaming_converter([(PUBLISHED + "vlm.model.", "vlm."), (PUBLISHED + "vlm.lm_head.", "lm_head."),
+                               (PUBLISHED + "lm_expert.", "expert."), *heads])
 
 
 def resize_with_pad_left_top(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
