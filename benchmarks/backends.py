@@ -115,8 +115,8 @@ def real_pi05_folder():
     import torch
     from golden import golden_dir
 
-    from vla_steering.policies.pi0 import GemmaDims, paligemma_config
-    from vla_steering.policies.pi05 import Pi05Config, Pi05Model
+    from vla_steering.policies.pi0 import FlowConfig, GemmaDims, paligemma_config
+    from vla_steering.policies.pi05 import Pi05Model
 
     out = bench_folder("pi05-real")
     if (out / ".complete").exists():
@@ -128,7 +128,7 @@ def real_pi05_folder():
         shutil.copy(item, out / item.name)
     vlm, expert = GemmaDims(2048, 18, 16384, 8, 256), GemmaDims(1024, 18, 4096, 8, 256)
     torch.manual_seed(0)
-    model = Pi05Model(paligemma_config(vlm, 257152, 224), expert, Pi05Config(50, 32, 32, 10, 4e-3, 4.0))
+    model = Pi05Model(paligemma_config(vlm, 257152, 224), expert, FlowConfig(50, 32, 32, 10, 4e-3, 4.0))
     pali = "model.paligemma_with_expert.paligemma."
     write_random_weights(model, {"vlm.language_model.embed_tokens.": pali + "lm_head.",
                                  "vlm.vision_tower.": pali + "model.vision_tower.vision_model.",

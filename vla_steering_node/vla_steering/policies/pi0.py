@@ -85,6 +85,25 @@ class GemmaDims:
                 "head_dim": self.head_dim, "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6}
 
 
+@dataclass(frozen=True)
+class FlowConfig:
+    """The flow-matching sizes a prediction needs, from a LeRobot ``config.json`` (pi0.5, SmolVLA)."""
+
+    chunk_size: int
+    max_state_dim: int
+    max_action_dim: int
+    num_inference_steps: int
+    min_period: float
+    max_period: float
+
+    @staticmethod
+    def fields_of(config: Mapping, steps_key: str = "num_inference_steps") -> dict:
+        return {"chunk_size": int(config["chunk_size"]), "max_state_dim": int(config["max_state_dim"]),
+                "max_action_dim": int(config["max_action_dim"]), "num_inference_steps": int(config[steps_key]),
+                "min_period": float(config.get("min_period", 4e-3)),
+                "max_period": float(config.get("max_period", 4.0))}
+
+
 def gemma_dims(shapes: Mapping[str, tuple[int, ...]], layers: str) -> GemmaDims:
     """A Gemma stack's dimensions from its published tensors' shapes (one KV head, as pi0's)."""
     depth = len({m[1] for name in shapes if (m := re.match(re.escape(layers) + r"\.(\d+)\.", name))})

@@ -27,18 +27,20 @@ need no table.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoModel, GemmaConfig, PaliGemmaConfig
+from transformers.models.gemma.modeling_gemma import GemmaMLP, GemmaRotaryEmbedding, apply_rotary_pos_emb
 
 from vla_steering.policies.checkpoint import Converter, empty_model, load_checked, renaming_converter
 from vla_steering.policies.lerobot_processing import Batch, Step
 from vla_steering.policies.pi0 import (
     TOKENS_PER_IMAGE,
+    FlowConfig,
     GemmaDims,
     Pi0Policy,
     VelocityField,
@@ -52,18 +54,6 @@ from vla_steering.policies.pi0 import (
 VLM_STACK = "vlm.language_model.layers"
 EXPERT_STACK = "expert.layers"
 STATE_BINS = 256
-
-
-@dataclass(frozen=True)
-class Pi05Config:
-    """The flow-matching sizes a pi0.5 prediction needs (from the folder's ``config.json``)."""
-
-    chunk_size: int
-    max_state_dim: int
-    max_action_dim: int
-    num_inference_steps: int
-    min_period: float
-    max_period: float
 
 
 class AdaptiveRMSNorm(nn.Module):
@@ -84,9 +74,6 @@ class AdaptiveGemmaLayer(nn.Module):
     """A Gemma decoder layer with adaRMS norms and gated residuals, reading the prefix's keys and values."""
 
     def __init__(self, dims: GemmaDims):
-        from transformers import GemmaConfig
-        from transformers.models.gemma.modeling_gemma import GemmaMLP
-
         super().__init__()
         self.heads, self.head_dim = dims.heads, dims.head_dim
         self.input_layernorm = AdaptiveRMSNorm(dims.width)
@@ -101,8 +88,6 @@ class AdaptiveGemmaLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 prefix_kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb
-
         attn = self.self_attn
         batch, length, _ = x.shape
         h, gate = self.input_layernorm(x, cond)
@@ -122,9 +107,6 @@ class AdaptiveGemmaExpert(nn.Module):
     """pi0.5's action expert: adaRMS Gemma layers over the noisy actions, a final adaptive norm."""
 
     def __init__(self, dims: GemmaDims):
-        from transformers import GemmaConfig
-        from transformers.models.gemma.modeling_gemma import GemmaRotaryEmbedding
-
         super().__init__()
         self.layers = nn.ModuleList(AdaptiveGemmaLayer(dims) for _ in range(dims.depth))
         self.norm = AdaptiveRMSNorm(dims.width)
@@ -142,9 +124,7 @@ class AdaptiveGemmaExpert(nn.Module):
 class Pi05Model(nn.Module):
     """PaliGemma (prefix) + the adaRMS expert (denoising) + pi0.5's action and time projections."""
 
-    def __init__(self, vlm_config: dict, expert: GemmaDims, config: Pi05Config):
-        from transformers import AutoModel, PaliGemmaConfig
-
+    def __init__(self, vlm_config: dict, expert: GemmaDims, config: FlowConfig):
         super().__init__()
         self.config = config
         paligemma = PaliGemmaConfig(**{k: v for k, v in vlm_config.items() if k != "model_type"})
@@ -219,11 +199,7 @@ class Pi05Policy(Pi0Policy):
         vlm = gemma_dims(shapes, f"{root}paligemma_with_expert.paligemma.model.language_model.layers")
         expert = gemma_dims(shapes, f"{root}paligemma_with_expert.gemma_expert.model.layers")
         vocab = shapes[f"{root}paligemma_with_expert.paligemma.lm_head.weight"][0]
-        sizes = Pi05Config(chunk_size=int(config["chunk_size"]), max_state_dim=int(config["max_state_dim"]),
-                           max_action_dim=int(config["max_action_dim"]),
-                           num_inference_steps=int(config["num_inference_steps"]),
-                           min_period=float(config.get("min_period", 4e-3)),
-                           max_period=float(config.get("max_period", 4.0)))
+        sizes = FlowConfig(**FlowConfig.fields_of(config))
         with empty_model(torch.float32):
             model = Pi05Model(paligemma_config(vlm, vocab, int(config.get("image_resolution", [224])[0])),
                               expert, sizes)

@@ -48,7 +48,7 @@ from vla_steering.policies.checkpoint import (
     tensor_names,
 )
 from vla_steering.policies.lerobot_processing import NEW_LINE_STEPS, local_folder, read_pipeline, read_policy_config
-from vla_steering.policies.pi0 import Pi0Policy, VelocityField, sinusoidal_time
+from vla_steering.policies.pi0 import FlowConfig, Pi0Policy, VelocityField, sinusoidal_time
 
 VLM_STACK = "vlm.text_model.layers"
 EXPERT_STACK = "expert.layers"
@@ -57,15 +57,9 @@ PUBLISHED = "model.vlm_with_expert."
 
 
 @dataclass(frozen=True)
-class SmolVLAConfig:
-    """What a SmolVLA prediction needs beyond the modules (from the folder's ``config.json``)."""
+class SmolVLAConfig(FlowConfig):
+    """What a SmolVLA prediction needs beyond the modules: the flow sizes, the attention and layer pattern."""
 
-    chunk_size: int
-    max_state_dim: int
-    max_action_dim: int
-    num_inference_steps: int
-    min_period: float
-    max_period: float
     heads: int
     kv_heads: int
     head_dim: int
@@ -246,10 +240,8 @@ def smolvla_sizes(config: Mapping, text, expert_layers: int,
     crossing = "cross" in config.get("attention_mode", "self_attn")
     step = kept // expert_layers
     return SmolVLAConfig(
-        chunk_size=int(config["chunk_size"]), max_state_dim=int(config["max_state_dim"]),
-        max_action_dim=int(config["max_action_dim"]), num_inference_steps=int(config["num_steps"]),
-        min_period=float(config.get("min_period", 4e-3)), max_period=float(config.get("max_period", 4.0)),
-        heads=text.num_attention_heads, kv_heads=text.num_key_value_heads, head_dim=text.head_dim,
+        **FlowConfig.fields_of(config, "num_steps"), heads=text.num_attention_heads,
+        kv_heads=text.num_key_value_heads, head_dim=text.head_dim,
         cross_layers=frozenset(i for i in range(kept) if crossing and not (every > 0 and i % every == 0)),
         expert_of_layer=tuple(i // step if i % step == 0 else None for i in range(kept)),
         image_special_tokens=special)
