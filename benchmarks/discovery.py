@@ -16,9 +16,8 @@ import time
 
 import numpy as np
 
-from vla_steering.capture import ActivationCapture, ResidualCapture
+from vla_steering.capture import ActivationCapture, ResidualCapture, record_residuals
 from vla_steering.policies import SteeredPolicy, make_policy
-from vla_steering.probes import probe_dataset
 from vla_steering.sae import train_sae
 
 LAYERS = [15, 20, 25]
@@ -58,7 +57,7 @@ def main() -> None:
     print(f"replay with activation capture: {rate:.1f} observations/s; statistics {width * 3 * 8 / 1024:.0f} KiB "
           f"per captured layer ({width} neurons x max, argmax, sum)", flush=True)
     all_obs = observations(scenes_per_instruction=2)
-    residuals, _ = probe_dataset(plain, all_obs, [25])
+    residuals, _ = record_residuals(plain, all_obs, [25])
     train = residuals[np.random.default_rng(0).permutation(len(residuals))[len(residuals) // 5:], 0]
     for kind in ("topk", "batchtopk"):
         trained = train_sae(train, 256, 8, kind, steps=1500)

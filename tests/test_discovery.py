@@ -35,11 +35,11 @@ def demo():
 
 @pytest.fixture(scope="module")
 def dataset(demo):
+    from vla_steering.capture import record_residuals
     from vla_steering.policies import SteeredPolicy
-    from vla_steering.probes import probe_dataset
 
     obs = observations(scenes_per_instruction=2)
-    residuals, actions = probe_dataset(SteeredPolicy(demo), obs, LAYERS)
+    residuals, actions = record_residuals(SteeredPolicy(demo), obs, LAYERS)
     return obs, residuals, actions
 
 
@@ -122,7 +122,45 @@ def test_steering_up_and_down_features_moves_dz_more_than_lateral_features_do(de
     assert np.mean(signed) > 2.0 * np.mean(sideways) and np.mean(signed) > 0.05
 
 
-def test_the_cli_writes_the_sae_page_and_a_feature_concept(tmp_path):
+def test_the_sae_latent_difference_of_up_and_down_steers_dz_more_than_random_directions(demo, dataset):
+    """The decoder's image of mean z('up' instructions) - mean z('down' ones), added at the raw contrast's norm,
+    raises dz on held-out non-vertical instructions more than random directions of that norm do."""
+    from vla_steering.dictionaries import Concept
+    from vla_steering.policies import SteeredPolicy, steer
+    from vla_steering.sae import latent_difference, train_sae
+
+    obs, residuals, _ = dataset
+    data = residuals[:, LAYERS.index(SAE_LAYER)]
+    sae = train_sae(data, 256, 8, "topk", steps=1500).sae
+    words = [o.instruction.split() for o in obs]
+    up = data[[i for i, w in enumerate(words) if "up" in w]]
+    down = data[[i for i, w in enumerate(words) if "down" in w]]
+    _, direction = latent_difference(sae, up, down)
+    raw = up.mean(axis=0) - down.mean(axis=0)
+    cosine = float(direction @ raw / np.linalg.norm(direction) / np.linalg.norm(raw))
+    held_out = [o for o in observations()[::9] if not any(w in o.instruction.split() for w in ("up", "down"))][:8]
+    base = np.array([SteeredPolicy(demo).act(o).actions[0, 2] for o in held_out])
+
+    def dz_change(vector: np.ndarray) -> np.ndarray:
+        concept = Concept("d", (), mode="add", directions={SAE_LAYER: tuple(vector)})
+        steered = steer(demo, InterventionDictionary({"d": concept}))
+        steered.engine.set_strength("d", float(np.linalg.norm(raw)))
+        try:
+            return np.array([steered.act(o).actions[0, 2] for o in held_out]) - base
+        finally:
+            steered.engine.remove()
+
+    effect = dz_change(direction)
+    rng = np.random.default_rng(0)
+    random_means = [dz_change(rng.normal(size=len(raw))).mean() for _ in range(5)]
+    half_ci = 1.96 * effect.std(ddof=1) / np.sqrt(len(effect))
+    print(f"SAE latent-difference direction: cos with mean_up - mean_down {cosine:.3f}; dz {effect.mean():+.3f} "
+          f"+- {half_ci:.3f} (95% CI); random directions {np.round(random_means, 3)}")
+    assert cosine > 0.5
+    assert effect.mean() - half_ci > max(random_means)
+
+
+def test_the_cli_writes_the_sae_page_and_concepts_then_contrasts_pairs_through_it(tmp_path):
     from vla_steering.cli import main
 
     code = main(["sae", "--layer", str(SAE_LAYER), "--features", "64", "--k", "4", "--steps", "200",
@@ -133,3 +171,18 @@ def test_the_cli_writes_the_sae_page_and_a_feature_concept(tmp_path):
     assert (tmp_path / "sae_gallery.png").stat().st_size > 1000 and (tmp_path / "sae.pt").exists()
     concept = load_dictionary(tmp_path / "sae_3.yaml", 1536)["sae_3"]
     assert concept.mode == "add" and concept.layers == (SAE_LAYER,)
+
+    (tmp_path / "pairs.yaml").write_text("up_down: {a: [move up, lift it], b: [move down, lower it]}\n"
+                                         "left_right: {a: [move left], b: [move right]}\n")
+    out = tmp_path / "contrast"
+    assert main(["contrast", "--pairs", str(tmp_path / "pairs.yaml"), "--layers", str(SAE_LAYER), "--scenes", "1",
+                 "--sae", str(tmp_path / "sae.pt"), "--name", "motions", "--out", str(out)]) == 0
+    concepts = load_dictionary(out / "motions.yaml", 1536).concepts
+    assert sorted(concepts) == ["left_right", "left_right_sae", "up_down", "up_down_sae"]
+    assert all(c.mode == "add" and c.layers == (SAE_LAYER,) for c in concepts.values())
+    report = (out / "contrast.md").read_text()
+    assert "## `left_right`" in report and "Off-diagonal" in report
+    assert (out / f"cross_cosines_L{SAE_LAYER}.png").stat().st_size > 1000
+    # an SAE used at a layer or position it was not trained on is refused, with the reason
+    assert main(["contrast", "--a", "move up", "--b", "move down", "--layers", "5", "--scenes", "1",
+                 "--sae", str(tmp_path / "sae.pt"), "--out", str(out)]) == 1

@@ -13,14 +13,17 @@ Observations are numbered by the caller (:meth:`ActivationCapture.observation`),
 maximising observation of any neuron can be found again (a frame in a bag).
 
 :class:`ResidualCapture` keeps, per observation and chosen layer, the residual stream after that
-layer (the decoder layer's output) at the last position of each forward call (a decoder's
-decision token) or averaged over all positions, averaged over the observation's calls: one
-``(D,)`` vector per observation and layer.
+layer (the decoder layer's output): at the last position of each forward call (a decoder's
+decision token) or averaged over all positions, averaged over the observation's calls; or
+averaged over the instruction's tokens of the prefill (the observation's first call; where they
+are is the policy's :meth:`vla_steering.policies.Policy.instruction_positions`). One ``(D,)``
+vector per observation and layer. It needs the decoder layers' own forward: SmolVLA's VLM runs
+its layers piecewise, so only :class:`ActivationCapture` sees it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,17 +150,21 @@ class ActivationCapture:
         self.remove()
 
 
+POSITIONS = ("last", "mean", "instruction")
+
+
 class ResidualCapture:
     """Forward hooks on decoder layers ``layers`` of a stack: one residual-stream vector per observation and layer.
 
     Args:
-        position: ``last`` (the final position of each call: the token the decision is read at) or
-            ``mean`` (all positions).
+        position: ``last`` (the final position of each call: the token the decision is read at),
+            ``mean`` (all positions) or ``instruction`` (the instruction's tokens in the prefill, given
+            to :meth:`observation` as a slice).
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[int], stack: str | None = None, position: str = "last"):
-        if position not in ("last", "mean"):
-            raise ValueError(f"position must be 'last' or 'mean', got {position!r}")
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
         self.stack: DecoderStack = primary_stack(model, stack)
         self.layers = tuple(int(x) for x in layers)
         bad = [x for x in self.layers if not 0 <= x < self.stack.num_layers]
@@ -167,21 +174,33 @@ class ResidualCapture:
         self._calls: dict[int, list[torch.Tensor]] = {}
         self._vectors: list[torch.Tensor] = []  # (L, D) per observation
         self._recording = False
+        self._span: slice | None = None
         self._handles = [self.stack.layers[x].register_forward_hook(self._hook(x)) for x in self.layers]
 
     def _hook(self, layer: int):
         def record(module: nn.Module, args: tuple, output) -> None:
-            if self._recording:
-                hidden = (output[0] if isinstance(output, tuple) else output).detach()
+            if not self._recording or (self.position == "instruction" and layer in self._calls):
+                return  # the instruction's tokens are read in the prefill only
+            hidden = (output[0] if isinstance(output, tuple) else output).detach()
+            if self.position == "instruction":
+                wanted = len(range(*self._span.indices(hidden.shape[1])))
+                tokens = hidden[:, self._span]
+                if wanted == 0 or tokens.shape[1] != wanted or -self._span.start > hidden.shape[1]:
+                    raise ValueError(f"instruction positions {self._span} do not fit this call's "
+                                     f"{hidden.shape[1]} positions")
+                vector = tokens.mean(dim=1)
+            else:
                 vector = hidden[:, -1] if self.position == "last" else hidden.mean(dim=1)
-                self._calls.setdefault(layer, []).append(vector.mean(dim=0).to("cpu", torch.float64))
+            self._calls.setdefault(layer, []).append(vector.mean(dim=0).to("cpu", torch.float64))
 
         return record
 
     @contextmanager
-    def observation(self) -> Iterator[None]:
-        """Record the forward calls inside as the next observation."""
-        self._calls, self._recording = {}, True
+    def observation(self, instruction: slice | None = None) -> Iterator[None]:
+        """Record the forward calls inside as the next observation (``instruction``: where its tokens are)."""
+        if (self.position == "instruction") != (instruction is not None):
+            raise ValueError("the instruction's positions are given exactly when position is 'instruction'")
+        self._calls, self._recording, self._span = {}, True, instruction
         try:
             yield
         finally:
@@ -207,3 +226,16 @@ class ResidualCapture:
 
     def __exit__(self, *exc_info) -> None:
         self.remove()
+
+
+def record_residuals(steered, observations: Iterable, layers: Sequence[int], stack: str | None = None,
+                     position: str = "last") -> tuple[np.ndarray, np.ndarray]:
+    """Run ``steered`` (a :class:`vla_steering.policies.SteeredPolicy`) on ``observations``: their residual
+    streams (N, layers, D) at ``position`` and the first action of each chunk (N, A)."""
+    actions = []
+    with ResidualCapture(steered.policy.model, layers, stack, position) as capture:
+        for observation in observations:
+            span = steered.policy.instruction_positions(observation) if position == "instruction" else None
+            with capture.observation(span):
+                actions.append(steered.act(observation).actions[0])
+        return capture.vectors(), np.asarray(actions, np.float64)

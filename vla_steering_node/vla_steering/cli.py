@@ -240,47 +240,97 @@ def _add_observation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="demo", help="demo, openvla, pi0, pi05, smolvla")
     p.add_argument("--checkpoint", default="", help="local checkpoint directory (not for demo)")
     p.add_argument("--stack", default=None, help="decoder stack (module path; default: the primary)")
-    p.add_argument("--position", default="last", choices=("last", "mean"),
-                   help="the residual at each call's last position (the decision token) or averaged")
+    p.add_argument("--position", default="last", choices=("last", "mean", "instruction"),
+                   help="the residual at each call's last position (the decision token), averaged over all "
+                        "positions, or averaged over the instruction's tokens")
     p.add_argument("--image", nargs="*", help="RGB image files, each paired with every instruction "
                                                "(default: rendered demo scenes)")
     p.add_argument("--scenes", type=int, default=2, help="rendered demo scenes per instruction")
     p.add_argument("--seed", type=int, default=0)
 
 
+def _contrast_pairs(args: argparse.Namespace) -> dict[str, tuple[list[str], list[str]]]:
+    """--a/--b as one pair named --name, or --pairs: a YAML file {name: {a: [...], b: [...]}}."""
+    if bool(args.pairs) == bool(args.a or args.b):
+        raise ValueError("give either --a and --b, or --pairs")
+    if not args.pairs:
+        if not (args.a and args.b):
+            raise ValueError("--a and --b both need instructions")
+        return {args.name: (args.a, args.b)}
+    import yaml
+
+    spec = yaml.safe_load(Path(args.pairs).read_text())
+    if not isinstance(spec, dict) or not spec:
+        raise ValueError(f"{args.pairs}: expected a mapping pair name -> {{a: [...], b: [...]}}")
+    pairs = {}
+    for name, sets in spec.items():
+        if not isinstance(sets, dict) or not all(isinstance(sets.get(k), list) and sets[k] for k in ("a", "b")):
+            raise ValueError(f"{args.pairs}: pair {name!r} needs non-empty lists a and b")
+        pairs[str(name)] = ([str(t) for t in sets["a"]], [str(t) for t in sets["b"]])
+    return pairs
+
+
 def cmd_contrast(args: argparse.Namespace) -> int:
-    from vla_steering.contrast import concept_cosines, contrast, write_report
-    from vla_steering.dictionaries import load_dictionary, save_dictionary
+    import numpy as np
+
+    from vla_steering.anatomy import primary_stack
+    from vla_steering.capture import record_residuals
+    from vla_steering.contrast import concept_cosines, residual_contrast, write_report
+    from vla_steering.dictionaries import Concept, InterventionDictionary, load_dictionary, save_dictionary
     from vla_steering.policies import SteeredPolicy, make_policy
 
+    pairs = _contrast_pairs(args)
+    layers = _layers(args.layers)
     policy = make_policy(args.policy, args.checkpoint)
-    images = _scene_images(args)
-    result = contrast(SteeredPolicy(policy), _observations(args.a, images), _observations(args.b, images),
-                      _layers(args.layers), args.stack, args.position)
-    out = Path(args.out)
-    description = f"{' / '.join(args.a)} minus {' / '.join(args.b)}"
-    path = save_dictionary(result.dictionary(args.name, description), out / f"{args.name}.yaml")
-    cosines = None
-    if args.dictionary:
-        from vla_steering.anatomy import primary_stack
+    stack = primary_stack(policy.model, args.stack)
+    sae = None
+    if args.sae:
+        from vla_steering.sae import latent_difference, load_sae
 
-        neurons = load_dictionary(args.dictionary, primary_stack(policy.model).intermediate_size).concepts
-        cosines = concept_cosines(result, policy.model, {n: c for n, c in neurons.items() if c.neurons})
-    report = write_report(result, args.name, out, cosines)
-    for layer, norm in zip(result.layers, result.norms, strict=True):
-        print(f"layer {layer}: |mean_A - mean_B| = {norm:.4g}")
-    print(f"concept {args.name!r} (mode add, off) -> {path}; report -> {report}")
+        sae, trained_on = load_sae(args.sae)
+        if trained_on["layer"] not in layers or trained_on["position"] != args.position:
+            raise ValueError(f"{args.sae} was trained on layer {trained_on['layer']} at position "
+                             f"{trained_on['position']!r}: give that layer in --layers and that --position")
+    neurons = {}
+    if args.dictionary:
+        neurons = {n: c for n, c in load_dictionary(args.dictionary, stack.intermediate_size).concepts.items()
+                   if c.neurons}
+    images, steered = _scene_images(args), SteeredPolicy(policy)
+    results, concepts, cosines, extra = {}, {}, {}, {}
+    for name, (a, b) in pairs.items():
+        residual_a = record_residuals(steered, _observations(a, images), layers, args.stack, args.position)[0]
+        residual_b = record_residuals(steered, _observations(b, images), layers, args.stack, args.position)[0]
+        result = results[name] = residual_contrast(stack.name, layers, residual_a, residual_b)
+        concepts[name] = result.concept(name, f"{' / '.join(a)} minus {' / '.join(b)} ({args.position} position)")
+        cosines[name] = concept_cosines(result, policy.model, neurons)
+        if sae is not None:
+            index = layers.index(trained_on["layer"])
+            dz, direction = latent_difference(sae, residual_a[:, index], residual_b[:, index])
+            top = ", ".join(f"f{f} {dz[f]:+.3g}" for f in np.argsort(-np.abs(dz))[:5])
+            concepts[f"{name}_sae"] = Concept(
+                f"{name}_sae", (), mode="add", strength=0.0, stack=stack.name,
+                directions={layers[index]: tuple(direction)},
+                description=f"SAE latent-mean difference of {name} (|W_dec dz| {np.linalg.norm(direction):.3g}; "
+                            f"largest dz: {top})")
+            extra.setdefault(layers[index], {})[f"{name}_sae"] = direction
+        for layer, norm in zip(result.layers, result.norms, strict=True):
+            print(f"{name} layer {layer}: |mean_A - mean_B| = {norm:.4g}")
+    out = Path(args.out)
+    path = save_dictionary(InterventionDictionary(concepts), out / f"{args.name}.yaml")
+    report = write_report(results, out, cosines, extra)
+    print(f"concepts {list(concepts)} (mode add, off) -> {path}; report -> {report}")
     return 0
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    from vla_steering.capture import record_residuals
     from vla_steering.policies import SteeredPolicy, make_policy
-    from vla_steering.probes import fit_probes, probe_dataset, write_report
+    from vla_steering.probes import fit_probes, write_report
 
     policy = make_policy(args.policy, args.checkpoint)
     layers = _layers(args.layers)
-    residuals, actions = probe_dataset(SteeredPolicy(policy), _observations(_instructions(args), _scene_images(args)),
-                                       layers, args.stack, args.position)
+    observations = _observations(_instructions(args), _scene_images(args))
+    residuals, actions = record_residuals(SteeredPolicy(policy), observations, layers, args.stack, args.position)
     result = fit_probes(residuals, actions, layers, policy.action_space.dims, seed=args.seed)
     report = write_report(result, Path(args.out))
     print(f"probes on {result.train} + {result.test} observations -> {report}")
@@ -290,20 +340,21 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_sae(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from vla_steering.capture import record_residuals
     from vla_steering.dictionaries import InterventionDictionary, save_dictionary
     from vla_steering.policies import SteeredPolicy, make_policy
-    from vla_steering.probes import probe_dataset
-    from vla_steering.sae import feature_concept, train_sae, write_report
+    from vla_steering.sae import feature_concept, save_sae, train_sae, write_report
 
     policy = make_policy(args.policy, args.checkpoint)
     observations = _observations(_instructions(args), _scene_images(args))
-    residuals, actions = probe_dataset(SteeredPolicy(policy), observations, [args.layer], args.stack, args.position)
+    residuals, actions = record_residuals(SteeredPolicy(policy), observations, [args.layer], args.stack, args.position)
     data = residuals[:, 0]
     order = np.random.default_rng(args.seed).permutation(len(data))
     held_out, train = order[: len(data) // 5], order[len(data) // 5:]
     trained = train_sae(data[train], args.features, args.k, args.kind, steps=args.steps, seed=args.seed)
     out = Path(args.out)
     report = write_report(trained, data, held_out, observations, actions, policy.action_space.dims, out)
+    save_sae(trained.sae, out / "sae.pt", args.layer, args.stack, args.position)
     if args.feature is not None:
         concept = feature_concept(trained.sae, args.feature, f"sae_{args.feature}", args.layer, args.stack)
         save_dictionary(InterventionDictionary({concept.name: concept}), out / f"{concept.name}.yaml")
@@ -421,12 +472,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("contrast", help="a contrastive residual-stream direction between two instruction sets, "
                                         "as a steerable concept (mode add)")
     _add_observation_arguments(p)
-    p.add_argument("--a", nargs="+", required=True, help="set A's instructions (e.g. 'move up' 'lift it')")
-    p.add_argument("--b", nargs="+", required=True, help="set B's instructions (e.g. 'move down' 'lower it')")
+    p.add_argument("--a", nargs="+", help="set A's instructions (e.g. 'move up' 'lift it')")
+    p.add_argument("--b", nargs="+", help="set B's instructions (e.g. 'move down' 'lower it')")
+    p.add_argument("--pairs", help="instead of --a/--b: a YAML file of pairs {name: {a: [...], b: [...]}}")
     p.add_argument("--layers", required=True, help="comma-separated layers")
     p.add_argument("--dictionary", help="report the cosine with this dictionary's neuron concepts")
-    p.add_argument("--name", default="contrast", help="the concept's name")
-    p.add_argument("--out", required=True, help="output folder (<name>.yaml, contrast.md)")
+    p.add_argument("--sae", help="a vla-steer sae model (sae.pt): also each pair's SAE latent-mean difference "
+                                 "as a direction (<pair>_sae)")
+    p.add_argument("--name", default="contrast", help="the concept's name (with --pairs: the dictionary's file name)")
+    p.add_argument("--out", required=True, help="output folder (<name>.yaml, contrast.md, cosine plots)")
     p.set_defaults(func=cmd_contrast)
 
     p = sub.add_parser("probe", help="ridge probes: held-out R² of each action dimension from each layer's residual")

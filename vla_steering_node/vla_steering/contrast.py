@@ -9,19 +9,19 @@ node loads like any other and steers live; its description records each layer's 
 
 Also reported: per layer the norm, the cosine with named neuron concepts' value-vector directions
 (the unit sum of their value vectors at that layer, what ``add`` mode adds for them), and the
-cosines between several pairs' directions (``cross_cosines``).
+cosines between several pairs' directions (``cross_cosines``) with their statistics and a plot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vla_steering.anatomy import primary_stack
-from vla_steering.capture import ResidualCapture
+from vla_steering.capture import record_residuals
 from vla_steering.dictionaries import Concept, InterventionDictionary
 from vla_steering.policies import Observation, SteeredPolicy
 
@@ -58,25 +58,21 @@ class Contrast:
         return InterventionDictionary({name: self.concept(name, description)})
 
 
-def residuals(steered: SteeredPolicy, observations: Iterable[Observation], layers: Sequence[int],
-              stack: str | None = None, position: str = "last") -> np.ndarray:
-    """(observations, layers, D) residual streams of ``steered`` on ``observations``."""
-    with ResidualCapture(steered.policy.model, layers, stack, position) as capture:
-        for observation in observations:
-            with capture.observation():
-                steered.act(observation)
-        return capture.vectors()
-
-
 def contrast(steered: SteeredPolicy, set_a: Sequence[Observation], set_b: Sequence[Observation],
              layers: Sequence[int], stack: str | None = None, position: str = "last") -> Contrast:
     """``mean_A - mean_B`` of the residual streams after each of ``layers``."""
     if not set_a or not set_b:
         raise ValueError("both observation sets need at least one observation")
-    a = residuals(steered, set_a, layers, stack, position)
-    b = residuals(steered, set_b, layers, stack, position)
-    name = primary_stack(steered.policy.model, stack).name
-    return Contrast(name, tuple(int(x) for x in layers), a.mean(axis=0) - b.mean(axis=0), len(a), len(b))
+    a = record_residuals(steered, set_a, layers, stack, position)[0]
+    b = record_residuals(steered, set_b, layers, stack, position)[0]
+    return residual_contrast(primary_stack(steered.policy.model, stack).name, layers, a, b)
+
+
+def residual_contrast(stack: str, layers: Sequence[int], a: np.ndarray, b: np.ndarray) -> Contrast:
+    """The contrast of captured residual streams ``a`` and ``b`` (N, layers, D)."""
+    if not len(a) or not len(b):
+        raise ValueError("both observation sets need at least one observation")
+    return Contrast(stack, tuple(int(x) for x in layers), a.mean(axis=0) - b.mean(axis=0), len(a), len(b))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -107,35 +103,52 @@ def cross_cosines(directions: Mapping[str, np.ndarray]) -> tuple[list[str], np.n
     return names, units @ units.T
 
 
-def write_report(result: Contrast, name: str, out: Path, cosines: Mapping[str, list[float | None]] | None = None,
-                 pairs: Mapping[str, np.ndarray] | None = None) -> Path:
-    """``out/contrast.md`` with the norms, concept cosines and (with ``pairs``) a cross-pair cosine plot."""
+def write_report(results: Mapping[str, Contrast], out: Path,
+                 cosines: Mapping[str, Mapping[str, list[float | None]]] | None = None,
+                 extra_directions: Mapping[int, Mapping[str, np.ndarray]] | None = None) -> Path:
+    """``out/contrast.md``: per pair its norms and concept cosines; with several directions at a layer (pairs,
+    or ``extra_directions`` such as SAE latent-difference directions) their cosine matrix,
+    ``out/cross_cosines_L<layer>.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Contrastive direction `{name}`", "",
-             f"Stack `{result.stack}`; {result.count_a} observations in set A, {result.count_b} in set B.", "",
-             "| layer | norm of mean_A - mean_B |" + "".join(f" cos with `{c}` |" for c in cosines or {}),
-             "|---|---|" + "---|" * len(cosines or {})]
-    for i, (layer, norm) in enumerate(zip(result.layers, result.norms, strict=True)):
-        cells = "".join(" – |" if row[i] is None else f" {row[i]:+.3f} |" for row in (cosines or {}).values())
-        lines.append(f"| {layer} | {norm:.4g} |{cells}")
-    if pairs:
-        names, matrix = cross_cosines(pairs)
-        figure, axes = plt.subplots(figsize=(1.2 + 0.8 * len(names), 1.0 + 0.7 * len(names)))
+    lines = ["# Contrastive directions", ""]
+    for name, result in results.items():
+        rows = (cosines or {}).get(name, {})
+        lines += [f"## `{name}`", "",
+                  f"Stack `{result.stack}`; {result.count_a} observations in set A, {result.count_b} in set B.", "",
+                  "| layer | norm of mean_A - mean_B |" + "".join(f" cos with `{c}` |" for c in rows),
+                  "|---|---|" + "---|" * len(rows)]
+        for i, (layer, norm) in enumerate(zip(result.layers, result.norms, strict=True)):
+            cells = "".join(" – |" if row[i] is None else f" {row[i]:+.3f} |" for row in rows.values())
+            lines.append(f"| {layer} | {norm:.4g} |{cells}")
+        lines.append("")
+    layers = sorted({layer for r in results.values() for layer in r.layers})
+    for layer in layers:
+        directions = {name: r.difference[r.layers.index(layer)] for name, r in results.items() if layer in r.layers}
+        directions.update((extra_directions or {}).get(layer, {}))
+        if len(directions) < 2:
+            continue
+        names, matrix = cross_cosines(directions)
+        off_diagonal = matrix[~np.eye(len(names), dtype=bool)]
+        figure, axes = plt.subplots(figsize=(1.6 + 0.8 * len(names), 1.2 + 0.7 * len(names)))
         image = axes.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm")
         axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
         axes.set_yticks(range(len(names)), names)
         for (i, j), value in np.ndenumerate(matrix):
             axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+        axes.set_title(f"layer {layer}")
         figure.colorbar(image)
         figure.tight_layout()
-        figure.savefig(out / "cross_cosines.png", dpi=100)
+        figure.savefig(out / f"cross_cosines_L{layer}.png", dpi=100)
         plt.close(figure)
-        lines += ["", "Cosines between pairs' directions:", "", "![cross-pair cosines](cross_cosines.png)"]
+        lines += [f"## Cosines between directions at layer {layer}", "",
+                  f"Off-diagonal: mean {off_diagonal.mean():+.3f}, mean |cos| {np.abs(off_diagonal).mean():.3f}, "
+                  f"max |cos| {np.abs(off_diagonal).max():.3f}.", "",
+                  f"![cosines at layer {layer}](cross_cosines_L{layer}.png)", ""]
     path = out / "contrast.md"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines))
     return path

@@ -16,9 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_steering.capture import ResidualCapture
-from vla_steering.policies import Observation, SteeredPolicy
-
 
 @dataclass(frozen=True)
 class ProbeResult:
@@ -30,17 +27,6 @@ class ProbeResult:
     control_r2: np.ndarray  # (L, A)
     train: int
     test: int
-
-
-def probe_dataset(steered: SteeredPolicy, observations: Sequence[Observation], layers: Sequence[int],
-                  stack: str | None = None, position: str = "last") -> tuple[np.ndarray, np.ndarray]:
-    """(residual streams (N, L, D), the first action of each chunk (N, A))."""
-    actions = []
-    with ResidualCapture(steered.policy.model, layers, stack, position) as capture:
-        for observation in observations:
-            with capture.observation():
-                actions.append(steered.act(observation).actions[0])
-        return capture.vectors(), np.asarray(actions, np.float64)
 
 
 ALPHAS = np.logspace(-2, 6, 17)  # the ridge penalties RidgeCV chooses from

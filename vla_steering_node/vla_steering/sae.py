@@ -10,7 +10,8 @@ the batch it is in.
 Reported: the fraction of variance unexplained (FVU) on held-out data, the fraction of features
 that never fire on it (dead), and per feature the samples that activate it most. A feature's
 decoder column is a residual-stream direction: :func:`feature_concept` makes it a steerable concept
-(mode ``add``; :class:`vla_steering.dictionaries.Concept` ``directions``).
+(mode ``add``; :class:`vla_steering.dictionaries.Concept` ``directions``); so is the decoder's image
+of the difference of two sets' mean codes (:func:`latent_difference`).
 """
 
 from __future__ import annotations
@@ -131,10 +132,38 @@ def feature_concept(sae: SparseAutoencoder, feature: int, name: str, layer: int,
                    directions={layer: tuple(direction)})
 
 
+def latent_difference(sae: SparseAutoencoder, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Set A's mean code minus set B's (F,), and what the decoder makes of it: a residual-stream direction (D,).
+
+    ``W_dec (mean z_A - mean z_B)`` is the contrast seen through the SAE's features: the part of
+    ``mean_A - mean_B`` the features explain, without the reconstruction error's share.
+    """
+    if not len(a) or not len(b):
+        raise ValueError("both sets need at least one sample")
+    dz = codes(sae, a).mean(axis=0).astype(np.float64) - codes(sae, b).mean(axis=0)
+    return dz, sae.decoder.weight.detach().double().numpy() @ dz
+
+
+def save_sae(sae: SparseAutoencoder, path, layer: int, stack: str | None, position: str) -> None:
+    """The weights and what they were trained on (layer, stack, capture position)."""
+    torch.save({"kind": sae.kind, "k": sae.k, "width": sae.encoder.in_features, "features": sae.encoder.out_features,
+                "layer": layer, "stack": stack, "position": position, "state_dict": sae.state_dict()}, path)
+
+
+def load_sae(path) -> tuple[SparseAutoencoder, dict]:
+    """(the SAE, its metadata: layer, stack, position) from :func:`save_sae`'s file."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or "state_dict" not in saved:
+        raise ValueError(f"{path} is not a sparse autoencoder written by vla-steer sae")
+    sae = SparseAutoencoder(saved["width"], saved["features"], saved["k"], saved["kind"])
+    sae.load_state_dict(saved["state_dict"])
+    return sae.eval(), {k: saved[k] for k in ("layer", "stack", "position")}
+
+
 def write_report(trained: TrainedSAE, data: np.ndarray, held_out: np.ndarray, observations: list,
                  actions: np.ndarray, dims: tuple[str, ...], out, listed: int = 16) -> object:
     """``out/sae.md``: held-out FVU, dead features, training; per listed feature its top instructions and actions,
-    with ``out/sae_gallery.png`` (each listed feature's top frames); ``out/sae.pt`` the weights."""
+    with ``out/sae_gallery.png`` (each listed feature's top frames)."""
     from pathlib import Path
 
     import matplotlib
@@ -145,7 +174,6 @@ def write_report(trained: TrainedSAE, data: np.ndarray, held_out: np.ndarray, ob
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sae = trained.sae
-    torch.save(sae.state_dict(), out / "sae.pt")
     activation = codes(sae, data)
     ranked = np.argsort(-activation.max(axis=0), kind="stable")[:listed]
     fvu = fraction_of_variance_unexplained(sae, data[held_out])

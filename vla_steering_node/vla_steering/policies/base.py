@@ -12,7 +12,7 @@ clipped to them and counted.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,6 +114,36 @@ class Policy(ABC):
     def inert_layers(self) -> dict[tuple[str, int], str]:
         """(decoder stack, layer) -> why steering that layer's neurons cannot change the actions."""
         return {}
+
+    def instruction_positions(self, observation: Observation) -> slice:
+        """Where the instruction's tokens sit in the primary decoder stack's prefill (its first forward call
+        for ``observation``), counted from the end of that call's sequence (negative), which a backend knows
+        without counting its image tokens."""
+        raise NotImplementedError(f"{type(self).__name__} does not locate its instruction's tokens")
+
+
+PLACEHOLDER = "§"  # one word no instruction starts or ends with: the prompt it makes differs only there
+
+
+def instruction_span(with_instruction: Sequence[int], with_placeholder: Sequence[int], tail: int) -> slice:
+    """The positions of an instruction's tokens, from a prompt's token ids with it and with :data:`PLACEHOLDER`.
+
+    The tokens both share at the start and at the end are the template (a placeholder word keeps
+    the template's spacing and punctuation as an instruction does); what differs is the
+    instruction. ``tail`` is how many positions of the prefill follow ``with_instruction``'s last
+    token; the slice counts from the prefill's end.
+    """
+    without = with_placeholder
+    shared = min(len(with_instruction), len(without))
+    start = next((i for i in range(shared) if with_instruction[i] != without[i]), shared)
+    end = len(with_instruction)
+    while end > start and len(with_instruction) - end < len(without) - start \
+            and with_instruction[end - 1] == without[len(without) - (len(with_instruction) - end) - 1]:
+        end -= 1
+    if end <= start:
+        raise ValueError("the instruction adds no token to the prompt")
+    stop = end - len(with_instruction) - tail
+    return slice(start - len(with_instruction) - tail, stop if stop < 0 else None)
 
 
 def steer(policy: Policy, dictionary: InterventionDictionary, max_abs_strength: float = 100.0) -> SteeredPolicy:

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from vla_steering.loading import cache_dir, load_language_model
-from vla_steering.policies.base import LIBERO_EE_DELTA, Observation, Policy
+from vla_steering.policies.base import LIBERO_EE_DELTA, PLACEHOLDER, Observation, Policy, instruction_span
 from vla_steering.policies.libero import resize_image
 
 DIRECTIONS = {
@@ -119,6 +119,11 @@ class VisionEncoder(nn.Module):
         return self.projector(x).view(len(pixels), self.tokens, -1)  # (B, tokens, D)
 
 
+def task_text(instruction: str) -> str:
+    """The last part of the demo's prompt: the instruction, then the words the next one is read after."""
+    return f". Task: {instruction.strip().rstrip('.')}. The arm moves"
+
+
 class DemoVLA(nn.Module):
     """Vision encoder + SmolLM2 backbone + motion-word readout; forward = one inference."""
 
@@ -145,7 +150,7 @@ class DemoVLA(nn.Module):
         visual = self.vision(pixels)  # (B, 2, D): side, colour
         sequences = [
             torch.cat([self._text("The"), v[1:2], self._text(" block is on the"), v[0:1],
-                       self._text(f". Task: {t.strip().rstrip('.')}. The arm moves")])
+                       self._text(task_text(t))])
             for v, t in zip(visual, instructions)
         ]
         length = max(len(s) for s in sequences)
@@ -256,3 +261,9 @@ class DemoVLAPolicy(Policy):
         image = next(iter(observation.images.values()))
         action = self.model(to_pixels([image], self.config.image_size), [observation.instruction])[0]
         return np.repeat(action.numpy()[None], self.config.chunk_size, axis=0)  # (T, 7)
+
+    def instruction_positions(self, observation: Observation) -> slice:
+        def ids(text: str) -> list[int]:
+            return self.model.tokenizer(task_text(text), add_special_tokens=False)["input_ids"]
+
+        return instruction_span(ids(observation.instruction), ids(PLACEHOLDER), tail=0)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vla_steering.policies.base import LIBERO_EE_DELTA, Observation, Policy
+from vla_steering.policies.base import LIBERO_EE_DELTA, PLACEHOLDER, Observation, Policy, instruction_span
 from vla_steering.policies.checkpoint import empty_model, load_checked
 from vla_steering.policies.prismatic import NOT_STORED, PrismaticConfig, PrismaticVLA, prismatic_converter
 
@@ -202,16 +202,21 @@ class OpenVLAPolicy(Policy):
         return cls(model.to(device), tokenizer, image_processor, action_stats, vocab, center_crop_scale)
 
     # ----------------------------------------------------------- the stages
+    def prompt_ids(self, instruction: str) -> list[int]:
+        """The prompt's token ids as OpenVLA's processor gives them (the empty token appended)."""
+        ids = self.tokenizer(OPENVLA_PROMPT.format(instruction=instruction.strip().lower())).input_ids
+        return ids if ids[-1] == LLAMA2_EMPTY_TOKEN else [*ids, LLAMA2_EMPTY_TOKEN]
+
     def model_inputs(self, observation: Observation) -> tuple[torch.Tensor, torch.Tensor]:
         """(pixel_values (1, 6, H, W) float32, input_ids (1, L)) as OpenVLA's processor gives them."""
         from PIL import Image
 
         image = center_crop(Image.fromarray(next(iter(observation.images.values()))), self.center_crop_scale)
-        prompt = OPENVLA_PROMPT.format(instruction=observation.instruction.strip().lower())
-        ids = self.tokenizer(prompt).input_ids
-        if ids[-1] != LLAMA2_EMPTY_TOKEN:
-            ids.append(LLAMA2_EMPTY_TOKEN)
-        return self.image_processor(image), torch.tensor([ids])
+        return self.image_processor(image), torch.tensor([self.prompt_ids(observation.instruction)])
+
+    def instruction_positions(self, observation: Observation) -> slice:
+        # the language model sees [BOS] + patches + the rest of the prompt: the prompt's tail ends the prefill
+        return instruction_span(self.prompt_ids(observation.instruction), self.prompt_ids(PLACEHOLDER), tail=0)
 
     @torch.inference_mode()
     def decode(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,

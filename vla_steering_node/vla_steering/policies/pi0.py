@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla_steering.policies.base import LIBERO_EE_DELTA, Observation, Policy
+from vla_steering.policies.base import LIBERO_EE_DELTA, PLACEHOLDER, Observation, Policy, instruction_span
 from vla_steering.policies.checkpoint import (
     CheckpointError,
     Converter,
@@ -203,6 +203,7 @@ class Pi0Policy(Policy):
 
     action_space = LIBERO_EE_DELTA
     vlm_stack = VLM_STACK  # the VLM's decoder layers (module path): the expert reads their keys and values
+    positions_after_language = 0  # prefix positions after the language tokens
 
     def __init__(self, model: nn.Module, config: Mapping, preprocessor: Pipeline, postprocessor: Pipeline,
                  seed: int = 0, resize=None):
@@ -292,6 +293,19 @@ class Pi0Policy(Policy):
                 "lang_tokens": batch["observation.language.tokens"],
                 "lang_attention_mask": batch["observation.language.attention_mask"],
                 "state_normalized": state, "state_padded": state_padded}
+
+    def instruction_positions(self, observation: Observation) -> slice:
+        # the VLM's prefix ends with the language tokens (padded at the right), then any positions after them
+        def language(instruction: str) -> tuple[list[int], int]:
+            inputs = self.model_inputs(replace(observation, instruction=instruction))
+            ids, mask = inputs["lang_tokens"][0], inputs["lang_attention_mask"][0].bool()
+            real = int(mask.sum())
+            if not mask[:real].all():
+                raise ValueError("the language tokens are not padded at the right")
+            return ids[:real].tolist(), len(ids) - real
+
+        ids, padding = language(observation.instruction)
+        return instruction_span(ids, language(PLACEHOLDER)[0], tail=padding + self.positions_after_language)
 
     def initial_noise(self) -> torch.Tensor:
         config = self.model.config

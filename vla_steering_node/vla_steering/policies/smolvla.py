@@ -255,6 +255,7 @@ class SmolVLAPolicy(Pi0Policy):
     """SmolVLA: pi0's camera, pipeline and noise handling (:class:`Pi0Policy`), its own model and resize."""
 
     vlm_stack = VLM_STACK
+    positions_after_language = 1  # the state token
 
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path, device: str = "cpu", seed: int = 0,
