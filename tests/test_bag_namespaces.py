@@ -70,3 +70,12 @@ def test_a_bag_of_several_namespaces_must_name_one(tmp_path):
     with pytest.raises(BagError, match="several namespaces"):
         list(read_bag(bag))
     assert [m.topic for m in read_bag(bag, namespace="b")] == ["/a/action_chunk", "/action_chunk"]
+
+
+def test_a_message_that_does_not_decode_is_a_bag_error_naming_it(tmp_path):
+    bag = tmp_path / "torn"
+    writer = BagWriter(bag, [("/ee_pose", TYPES["ee_pose"])])
+    writer.write("/ee_pose", 2 * 10**9, serialize(pose(0, 0.5), TYPES["ee_pose"])[:-20])  # cut short
+    writer.close()
+    with pytest.raises(BagError, match=r"geometry_msgs/msg/PoseStamped message on /ee_pose at 2.000 s cannot be"):
+        list(read_bag(bag))

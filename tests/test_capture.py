@@ -42,6 +42,19 @@ def test_statistics_are_exact_over_every_position_and_observation(llama):
     assert stats.observations == 3 and stats.max_abs.shape == (2, 48)
 
 
+def test_statistics_at_the_last_position_are_over_each_calls_last_token(llama):
+    last = torch.stack([activations(llama, p, 2)[-1] for p in PROMPTS])  # (3, I)
+    with ActivationCapture(llama, layers=[2], position="last") as capture:
+        for i, prompt in enumerate(PROMPTS):
+            with capture.observation(i), torch.no_grad():
+                llama(prompt)
+        stats = capture.stats()
+    np.testing.assert_allclose(stats.max_abs[0], last.abs().amax(0).numpy(), rtol=0, atol=0)
+    np.testing.assert_allclose(stats.mean[0], last.mean(0).numpy(), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="'all' or 'last'"):
+        ActivationCapture(llama, position="first")
+
+
 def test_capture_sees_the_activations_steering_set(llama):
     neurons = ((1, 4), (1, 30))
     engine = SteeringEngine(llama, InterventionDictionary({"c": Concept("c", neurons, strength=3.5)}))

@@ -26,6 +26,7 @@ from mcap.exceptions import InvalidMagic, McapError
 from mcap.records import Channel, Message, Schema
 from mcap.stream_reader import StreamReader
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_typestore
 
 from vla_steering import contract
@@ -160,8 +161,12 @@ def read_bag(path: str | Path, topics: Sequence[str] | None = None,
 
         connections = [c for c in reader.connections if topics is None or relative(c.topic) in topics]
         for connection, timestamp, raw in reader.messages(connections=connections):
-            yield BagMessage(relative(connection.topic), connection.msgtype, timestamp,
-                             TYPESTORE.deserialize_cdr(raw, connection.msgtype))
+            try:
+                message = TYPESTORE.deserialize_cdr(raw, connection.msgtype)
+            except SerdeError as error:
+                raise BagError(f"{path}: the {connection.msgtype} message on {connection.topic} at "
+                               f"{timestamp / 1e9:.3f} s cannot be decoded ({error})") from error
+            yield BagMessage(relative(connection.topic), connection.msgtype, timestamp, message)
 
 
 def bag_counts(path: str | Path) -> dict[str, int]:

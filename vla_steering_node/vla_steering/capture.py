@@ -104,7 +104,11 @@ class ActivationCapture:
         stats = capture.stats()
     """
 
-    def __init__(self, model: nn.Module, stack: str | None = None, layers: Sequence[int] | None = None):
+    def __init__(self, model: nn.Module, stack: str | None = None, layers: Sequence[int] | None = None,
+                 position: str = "all"):
+        if position not in ("all", "last"):
+            raise ValueError(f"position must be 'all' or 'last', got {position!r}")
+        self.position = position
         self.stack: DecoderStack = primary_stack(model, stack)
         self.layers = tuple(range(self.stack.num_layers)) if layers is None else tuple(int(x) for x in layers)
         bad = [x for x in self.layers if not 0 <= x < self.stack.num_layers]
@@ -118,7 +122,8 @@ class ActivationCapture:
     def _hook(self, layer: int):
         def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             if self._current is not None:
-                self._accumulators[layer].add(args[0], self._current)
+                activations = args[0][:, -1:] if self.position == "last" and args[0].dim() == 3 else args[0]
+                self._accumulators[layer].add(activations, self._current)
 
         return record
 

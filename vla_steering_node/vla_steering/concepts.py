@@ -116,3 +116,17 @@ def cluster_neurons(source: ProjectionSource, projection: Projection, n_clusters
         raise ValueError(f"n_clusters must be in 1..{len(rows)}, got {n_clusters}")
     features = neuron_features(source, projection, rows, space)
     return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(features)
+
+
+def family_direction(unembedding: torch.Tensor, decode, keyword: str) -> np.ndarray:
+    """(D,) the mean unit unembedding row of the vocabulary's tokens in ``keyword``'s family (see module doc).
+
+    ``decode`` turns token ids into strings (:func:`vla_steering.projection.tokenizer_decoder`).
+    """
+    names = np.asarray(decode(list(range(unembedding.shape[0]))), dtype=str)
+    ids = np.flatnonzero(_token_matches(names, [keyword], "family"))
+    if not len(ids):
+        raise ValueError(f"no token of the vocabulary is in the family of {keyword!r}")
+    rows = unembedding[torch.as_tensor(ids)].double()
+    return (rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)).mean(dim=0).numpy()
+

@@ -3,14 +3,24 @@
 Every action chunk of every bag whose observation was recorded (the images stamped like the chunk,
 the robot state before it, the instruction: :func:`vla_steering_node.counterfactual.recorded_steps`)
 is fed to the policy under the given steering, with an :class:`vla_steering.capture.ActivationCapture`
-on the chosen layers. The strongest neurons (largest ``|activation|``) are joined with their
-value vectors' top tokens (:mod:`vla_steering.projection`) and the frame that maximised each;
-optionally clustered (k-means in semantic or weight space, :mod:`vla_steering.concepts`, with a
-t-SNE picture) and ranked by keywords' token families.
+on the chosen layers (every position, or only each call's last: the decision token). The strongest
+neurons (largest ``|activation|``) are joined with their value vectors' top tokens
+(:mod:`vla_steering.projection`) and the frame that maximised each; optionally clustered (k-means in
+semantic or weight space, :mod:`vla_steering.concepts`, with a t-SNE picture) and ranked by keywords'
+token families.
 
-``python -m vla_steering_node.mining BAG [BAG ...] [--layers 10,11] [--top 40] --out DIR`` writes
-``DIR/neuron_stats.npz`` (every neuron's statistics), ``DIR/top_neurons.csv``, ``DIR/mined.yaml``
-(the strongest neurons as one concept, a dictionary the node loads) and ``DIR/mining.md``.
+**Two sets of runs** (``--versus``: e.g. bags of 'move up' runs against bags of 'move down' runs):
+neurons are ranked by the difference of their mean activations (A - B) instead; with ``--attribute
+WORD_A WORD_B`` by that difference times how much the neuron's value vector writes toward WORD_A's
+token family rather than WORD_B's (the unit unembedding rows' means): the change between the runs'
+direct contribution to the A-versus-B logit. With ``--keywords``, the page reports how many of the
+listed neurons have those families in their top tokens against chance (every neuron of the mined
+layers), with a hypergeometric p-value.
+
+``python -m vla_steering_node.mining BAG [BAG ...] [--versus BAG ...] [--layers 10,11] [--top 40] --out DIR``
+writes ``DIR/neuron_stats.npz`` (every neuron's statistics; with ``--versus`` also
+``neuron_stats_versus.npz``), ``DIR/top_neurons.csv``, ``DIR/mined.yaml`` (the listed neurons as one
+concept, a dictionary the node loads) and ``DIR/mining.md``.
 """
 
 from __future__ import annotations
@@ -24,11 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from vla_steering.anatomy import primary_stack, unembedding
 from vla_steering.bags import BagError
 from vla_steering.capture import ActivationCapture, NeuronStats
-from vla_steering.concepts import cluster_neurons, keyword_scores, neuron_features
+from vla_steering.concepts import cluster_neurons, family_direction, keyword_scores, neuron_features
 from vla_steering.dictionaries import Concept, InterventionDictionary, save_dictionary
 from vla_steering.policies import SteeredPolicy
 from vla_steering.projection import Projection, project_value_vectors, source_from_model, tokenizer_decoder
@@ -46,10 +58,11 @@ class Frame:
 
 def mine(bags: Sequence[str | Path], steered: SteeredPolicy, cameras: list[str], state_source: str = "libero",
          gripper_joints: Sequence[str] = ("gripper_finger_left", "gripper_finger_right"), stack: str | None = None,
-         layers: Sequence[int] | None = None, progress: bool = True) -> tuple[NeuronStats, list[Frame]]:
+         layers: Sequence[int] | None = None, progress: bool = True,
+         position: str = "all") -> tuple[NeuronStats, list[Frame]]:
     """Statistics of the chosen layers' neurons over every recorded observation of ``bags``, and the frames."""
     frames: list[Frame] = []
-    with ActivationCapture(steered.policy.model, stack, layers) as capture:
+    with ActivationCapture(steered.policy.model, stack, layers, position) as capture:
         for bag in tqdm(bags, desc="mining bags", unit="bag", disable=not progress):
             for stamp, observation, _ in recorded_steps(bag, cameras, state_source, list(gripper_joints)):
                 with capture.observation(len(frames)):
@@ -92,14 +105,70 @@ def plot_tsne(features: np.ndarray, labels: np.ndarray, names: list[str], path: 
     return path
 
 
+@dataclass(frozen=True)
+class Enrichment:
+    """How many listed neurons have a keyword family in their top tokens, against chance."""
+
+    hits: int
+    listed: int
+    chance: float  # the fraction of all neurons of the mined layers that do
+    p_value: float  # hypergeometric: P(at least ``hits`` in ``listed`` neurons drawn at random)
+
+    def summary(self, keywords: Sequence[str]) -> str:
+        return (f"{self.hits} of the {self.listed} listed neurons have the {list(keywords)} token families in their "
+                f"top tokens; chance {self.chance * self.listed:.2f} ({self.chance:.2%} of the mined layers' "
+                f"neurons), p = {self.p_value:.3g} (hypergeometric)")
+
+
+def enrichment(projection: Projection, rows: Sequence[int], keywords: Sequence[str]) -> Enrichment:
+    from scipy.stats import hypergeom
+
+    matches = keyword_scores(projection, keywords) > 0
+    hits = int(matches[list(rows)].sum())
+    p_value = float(hypergeom.sf(hits - 1, len(matches), int(matches.sum()), len(rows)))
+    return Enrichment(hits, len(rows), float(matches.mean()), p_value)
+
+
+def attribution(steered: SteeredPolicy, stats: NeuronStats, toward: str, away: str) -> np.ndarray:
+    """(L, I): each mined neuron's value vector dotted with ``toward``'s token family direction minus ``away``'s."""
+    model = steered.policy.model
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("--attribute needs a policy whose model has a tokenizer (to find the words' tokens)")
+    head, decode = unembedding(model), tokenizer_decoder(tokenizer)
+    target = torch.as_tensor(family_direction(head, decode, toward) - family_direction(head, decode, away))
+    stack = primary_stack(model, stats.stack)
+    return np.stack([(stack.value_vectors(layer).double() @ target).numpy() for layer in stats.layers])
+
+
+def ranking(stats: NeuronStats, versus: NeuronStats | None, weights: np.ndarray | None,
+            count: int) -> list[tuple[int, int, float]]:
+    """(layer, neuron, score) of the ``count`` top neurons: by max |activation|; with ``versus`` by
+    |mean - versus mean|, times ``weights`` when given (the score keeps its sign)."""
+    if versus is None:
+        return stats.strongest(count)
+    if versus.layers != stats.layers or versus.stack != stats.stack:
+        raise ValueError("both sets of runs must be mined on the same stack and layers")
+    score = stats.mean - versus.mean
+    if weights is not None:
+        score = score * weights
+    flat = np.argsort(-np.abs(score), axis=None, kind="stable")[:count]
+    rows, neurons = np.unravel_index(flat, score.shape)
+    return [(stats.layers[r], int(n), float(score[r, n])) for r, n in zip(rows, neurons, strict=True)]
+
+
 def write_results(stats: NeuronStats, frames: list[Frame], steered: SteeredPolicy, out: Path, top: int,
-                  clusters: int = 0, space: str = "semantic", keywords: Sequence[str] = ()) -> list[dict]:
+                  clusters: int = 0, space: str = "semantic", keywords: Sequence[str] = (),
+                  versus: NeuronStats | None = None, attribute: Sequence[str] = ()) -> list[dict]:
     """neuron_stats.npz, top_neurons.csv, mined.yaml and mining.md (with clusters: mining_tsne.png) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     stats.save(out / "neuron_stats.npz")
-    strongest = stats.strongest(top)
+    if versus is not None:
+        versus.save(out / "neuron_stats_versus.npz")
+    weights = attribution(steered, stats, *attribute) if attribute else None
+    listed = ranking(stats, versus, weights, top)
     projection = mined_projection(steered, stats)
-    rows_of = [projection.row(layer, n) for layer, n, _ in strongest]
+    rows_of = [projection.row(layer, n) for layer, n, _ in listed]
     tokens = projection.pos_tokens if projection.pos_tokens is not None else projection.pos_ids.astype(str)
     labels = None
     if clusters:
@@ -110,41 +179,54 @@ def write_results(stats: NeuronStats, frames: list[Frame], steered: SteeredPolic
                   out / "mining_tsne.png")
     scores = keyword_scores(projection, keywords) if keywords else None
     rows = []
-    for i, ((layer, neuron, peak), r) in enumerate(zip(strongest, rows_of, strict=True)):
+    for i, ((layer, neuron, value), r) in enumerate(zip(listed, rows_of, strict=True)):
         index = stats.layers.index(layer)
         frame = frames[int(stats.argmax_observation[index, neuron])]
-        row = {"layer": layer, "neuron": neuron, "max_abs": round(peak, 6),
-               "mean": round(float(stats.mean[index, neuron]), 6), "bag": Path(frame.bag).name,
-               "stamp_ns": frame.stamp_ns, "instruction": frame.instruction,
-               "top_tokens": json.dumps([str(t) for t in tokens[r]])}
+        row = {"layer": layer, "neuron": neuron, "max_abs": round(float(stats.max_abs[index, neuron]), 6),
+               "mean": round(float(stats.mean[index, neuron]), 6)}
+        if versus is not None:
+            row |= {"mean_versus": round(float(versus.mean[index, neuron]), 6), "score": round(value, 6)}
+        row |= {"bag": Path(frame.bag).name, "stamp_ns": frame.stamp_ns, "instruction": frame.instruction,
+                "top_tokens": json.dumps([str(t) for t in tokens[r]])}
         if labels is not None:
             row["cluster"] = int(labels[i])
         if scores is not None:
             row["keyword_score"] = round(float(scores[r]), 4)
         rows.append(row)
+    found = enrichment(projection, rows_of, keywords) if keywords else None
     if scores is not None:
         rows.sort(key=lambda row: -row["keyword_score"])
     with open(out / "top_neurons.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    how = "most active" if versus is None else "most differently active"
     concept = Concept("mined", tuple((r["layer"], r["neuron"]) for r in rows), mode="clamp", strength=0.0,
-                      description=f"the {len(rows)} most active neurons over {stats.observations} recorded "
-                                  f"observations", stack=stats.stack)
+                      description=f"the {len(rows)} {how} neurons over {stats.observations} recorded observations"
+                                  + ("" if versus is None else f" against {versus.observations}"), stack=stats.stack)
     save_dictionary(InterventionDictionary({"mined": concept}, intermediate_size=stats.max_abs.shape[1]),
                     out / "mined.yaml")
-    extra = [k for k in ("cluster", "keyword_score") if k in rows[0]]
-    lines = [f"# Activation mining: {stats.observations} observations from {len({f.bag for f in frames})} bag(s)",
-             "", f"Stack `{stats.stack}`, layers {list(stats.layers)}; steering during the replay: "
+    extra = [k for k in ("mean_versus", "score", "cluster", "keyword_score") if k in rows[0]]
+    runs = len({f.bag for f in frames})
+    if versus is None:
+        order = "ranked by max |activation|"
+    else:
+        order = (f"against {versus.observations} observations of the --versus runs, ranked by the difference of "
+                 f"mean activations" + (f" times the value vector's {attribute[0]!r} - {attribute[1]!r} token "
+                                        f"direction" if attribute else ""))
+    lines = [f"# Activation mining: {stats.observations} observations from {runs} bag(s)",
+             "", f"Stack `{stats.stack}`, layers {list(stats.layers)}; {order}; steering during the replay: "
                  f"{steered.engine.state.strengths if steered.engine else 'none'}"
-                 + (f"; ranked by the keywords {list(keywords)}" if keywords else "") + ".", "",
-             "| layer | neuron | max abs | mean |" + "".join(f" {k} |" for k in extra)
-             + " top tokens | maximising frame |", "|---|---|---|---|" + "---|" * len(extra) + "---|---|"]
+                 + (f"; listed by the keywords {list(keywords)}" if keywords else "") + ".", ""]
+    if found is not None:
+        lines += [found.summary(keywords) + ".", ""]
+    lines += ["| layer | neuron | max abs | mean |" + "".join(f" {k} |" for k in extra)
+              + " top tokens | maximising frame |", "|---|---|---|---|" + "---|" * len(extra) + "---|---|"]
     lines += [f"| {r['layer']} | {r['neuron']} | {r['max_abs']:.3f} | {r['mean']:.3f} |"
               + "".join(f" {r[k]} |" for k in extra)
               + f" {_cell(json.loads(r['top_tokens']))} | {r['bag']} @ {r['stamp_ns'] / 1e9:.2f} s |" for r in rows]
     if labels is not None:
-        lines += ["", f"k-means clusters ({clusters}, {space} space) of the strongest neurons:", "",
+        lines += ["", f"k-means clusters ({clusters}, {space} space) of the listed neurons:", "",
                   "![t-SNE](mining_tsne.png)"]
     (out / "mining.md").write_text("\n".join(lines) + "\n")
     return rows
@@ -164,19 +246,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=40, help="how many strongest neurons to list and keep")
     parser.add_argument("--clusters", type=int, default=0, help="k-means clusters of them, with a t-SNE picture")
     parser.add_argument("--space", default="semantic", choices=("semantic", "weight"), help="clustering space")
-    parser.add_argument("--keywords", nargs="*", default=[], help="rank them by these keywords' token families")
+    parser.add_argument("--keywords", nargs="*", default=[],
+                        help="list them by these keywords' token families, with the hits against chance")
+    parser.add_argument("--position", default="all", choices=("all", "last"),
+                        help="every position of each forward call, or its last (the decision token)")
+    parser.add_argument("--versus", nargs="+", default=[], help="bags of contrasting runs: rank by the difference")
+    parser.add_argument("--attribute", nargs=2, default=[], metavar=("WORD_A", "WORD_B"),
+                        help="with --versus: weight the difference by the value vector's WORD_A - WORD_B direction")
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     try:
+        if args.attribute and not args.versus:
+            raise ValueError("--attribute needs --versus")
         steered = steered_from_arguments(args)
-        stats, frames = mine(args.bags, steered, args.cameras, args.state_source, stack=args.stack, layers=layers)
+        stats, frames = mine(args.bags, steered, args.cameras, args.state_source, stack=args.stack, layers=layers,
+                             position=args.position)
+        versus = mine(args.versus, steered, args.cameras, args.state_source, stack=args.stack, layers=layers,
+                      position=args.position)[0] if args.versus else None
         rows = write_results(stats, frames, steered, Path(args.out), args.top, args.clusters, args.space,
-                             args.keywords)
+                             args.keywords, versus, args.attribute)
     except (BagError, KeyError, ValueError, FileNotFoundError) as error:
         print(f"activation mining failed: {error}", file=sys.stderr)
         return 1
-    print(f"{stats.observations} observations; the {len(rows)} strongest neurons -> {args.out}")
+    print(f"{stats.observations} observations; {len(rows)} neurons listed -> {args.out}")
     return 0
 
 
