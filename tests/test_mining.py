@@ -104,3 +104,31 @@ def test_mining_refuses_attribution_without_a_second_set(runs, tmp_path, capsys)
     assert "--attribute needs --versus" in capsys.readouterr().err
     assert main([up[0], "--versus", up[1], "--attribute", "up", "zzqx", "--out", str(tmp_path)]) == 1
     assert "no token of the vocabulary is in the family of 'zzqx'" in capsys.readouterr().err
+
+
+def test_a_contrast_from_two_sets_of_bags_is_their_observations_difference_and_steers(runs, tmp_path):
+    from vla_steering.contrast import contrast
+    from vla_steering.dictionaries import InterventionDictionary, load_dictionary
+    from vla_steering.policies import make_policy, steer
+    from vla_steering.policies.base import SteeredPolicy
+    from vla_steering_node.bag_contrast import main, recorded_observations
+
+    up, down = runs
+    assert main(["--a", *up, "--b", *down, "--layers", "24,25", "--name", "up_down", "--out", str(tmp_path)]) == 0
+    concept = load_dictionary(tmp_path / "up_down.yaml", 1536)["up_down"]
+    assert concept.mode == "add" and concept.strength == 0.0 and concept.layers == (24, 25)
+    demo = make_policy("demo")
+    cameras = ["agentview", "wrist"]
+    set_a, set_b = recorded_observations(up, cameras, "libero"), recorded_observations(down, cameras, "libero")
+    assert len(set_a) == len(set_b) == 20 and {o.instruction for o in set_a} == set(DIRECTIONS["up"][0])
+    expected = contrast(SteeredPolicy(demo), set_a, set_b, [24, 25])
+    for layer, difference in zip(expected.layers, expected.difference, strict=True):
+        np.testing.assert_allclose(concept.directions[layer], difference / np.linalg.norm(difference), atol=1e-9)
+    report = (tmp_path / "contrast.md").read_text()
+    assert "cos with `up`" in report and "| 25 |" in report
+    steered = steer(demo, InterventionDictionary({"up_down": concept}))
+    observation = recorded_observations([down[0]], cameras, "libero")[0]
+    before = steered.act(observation).actions[0, 2]
+    steered.engine.set_strength("up_down", float(expected.norms[1]))
+    assert steered.act(observation).actions[0, 2] > before + 0.1  # a 'move down' frame, pushed up
+    assert main(["--a", str(tmp_path / "none"), "--b", *down, "--layers", "25", "--out", str(tmp_path)]) == 1
