@@ -184,3 +184,14 @@ def test_residuals_at_the_instruction_are_the_mean_over_its_tokens_in_the_prefil
             pass
         with pytest.raises(ValueError, match="do not fit"), capture.observation(slice(-500, -1)):
             policy.predict(observation)
+
+
+def test_a_backend_running_its_layers_piecewise_is_refused_with_the_reason():
+    from golden import checkpoint, golden_dir, lerobot_observation
+
+    from vla_steering.capture import record_residuals
+    from vla_steering.policies import SteeredPolicy, make_policy
+
+    smolvla = make_policy("smolvla", str(checkpoint("smolvla")), vlm=str(golden_dir("smolvla") / "smolvlm2_standin"))
+    with pytest.raises(ValueError, match="piecewise"):
+        record_residuals(SteeredPolicy(smolvla), [lerobot_observation("smolvla")], [0])

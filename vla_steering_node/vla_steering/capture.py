@@ -212,7 +212,8 @@ class ResidualCapture:
             self._recording = False
         missing = [x for x in self.layers if x not in self._calls]
         if missing:
-            raise RuntimeError(f"layers {missing} of {self.stack.name} did not run for this observation")
+            raise ValueError(f"layers {missing} of {self.stack.name} did not run as modules for this observation: "
+                             f"a backend that runs its layers piecewise (SmolVLA's VLM) has no residual capture")
         self._vectors.append(torch.stack([torch.stack(self._calls[x]).mean(dim=0) for x in self.layers]))
 
     def vectors(self) -> np.ndarray:
