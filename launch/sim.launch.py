@@ -26,6 +26,7 @@ ARGUMENTS = {
     "output_dir": ("bags", "where bags go"),
     "bag_name": ("", "the bag's name (default: run_<time>)"),
     "split": ("", "run: one bag; episode: one bag per episode (default when episodes != 1)"),
+    "seed": ("", "seeds the simulation and the policy's noise (default: theirs)"),
     "video_dir": ("", "write an MP4 per episode here"),
     "namespace": ("", "namespace for all nodes"),
     "headless": ("true", "render offscreen with EGL (MUJOCO_GL=egl)"),

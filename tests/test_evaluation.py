@@ -18,7 +18,8 @@ import pytest
 import yaml
 from ros_harness import unique_domain_id
 
-from vla_steer_bringup.evaluation import Condition, EvalConfig, evaluate
+from vla_steer_bringup.evaluation import evaluate
+from vla_steer_bringup.study import Condition, EvalConfig
 from vla_steering.bags import bag_counts, read_bag
 from vla_steering.metrics import episode_from_bag, episode_metrics
 
@@ -99,7 +100,7 @@ def test_metrics_match_the_raw_bags_and_up_lifts_the_arm(evaluation):
 
 def test_finished_episodes_are_not_run_again(evaluation):
     config, out, report = evaluation
-    bag = out / "bags" / "libero_spatial_t0_i0_baseline"
+    bag = out / "bags" / "libero_spatial_t0_i0_baseline_s7"
     mtime = (bag / "metadata.yaml").stat().st_mtime
     only_baseline = EvalConfig(**{**config.__dict__, "conditions": [Condition("baseline")]})
     evaluate(only_baseline, out, progress=False)
@@ -119,7 +120,7 @@ def test_counterfactual_replay_reproduces_then_changes_the_recorded_actions(eval
     from vla_steering_node.counterfactual import counterfactual
 
     _, out, _ = evaluation
-    bag = out / "bags" / "libero_spatial_t0_i0_baseline"
+    bag = out / "bags" / "libero_spatial_t0_i0_baseline_s7"
     policy = steer(make_policy("demo"), load_dictionary(ROOT / "config" / "demo_vla_dictionary.yaml", 1536))
     engine = policy.engine
     same = counterfactual(bag, policy, ["agentview", "wrist"])

@@ -77,9 +77,12 @@ def parse_strengths(text: str) -> dict[str, float]:
 
 
 def sim_bridge(suite: str = "libero_spatial", task_id: int = 0, init_state: int = 0, episodes: int = 1,
-               max_steps: int = 0, image_size: int = 256, video_dir: str = "", namespace: str = "") -> NodeSpec:
+               max_steps: int = 0, image_size: int = 256, video_dir: str = "", namespace: str = "",
+               seed: int | str = "") -> NodeSpec:
     params = {"suite": suite, "task_id": int(task_id), "init_state": int(init_state), "episodes": int(episodes),
               "max_steps": int(max_steps), "image_size": int(image_size), "video_dir": video_dir}
+    if seed != "":
+        params["seed"] = int(seed)
     return NodeSpec("sim_bridge", "sim_bridge", "sim_bridge.node", "sim_bridge", namespace, params)
 
 
@@ -96,13 +99,16 @@ def recorder(output_dir: str = "bags", bag_name: str = "", use_sim_time: bool = 
 def simulation(suite: str = "libero_spatial", task_id: int = 0, init_state: int = 0, episodes: int = 1,
                max_steps: int = 0, image_size: int = 256, policy: str = "", checkpoint: str = "",
                dictionary: str = "", strengths: str = "", record: bool = True, output_dir: str = "bags",
-               bag_name: str = "", video_dir: str = "", namespace: str = "", split: str = "") -> list[NodeSpec]:
+               bag_name: str = "", video_dir: str = "", namespace: str = "", split: str = "",
+               seed: int | str = "") -> list[NodeSpec]:
     """The simulation flow: [recorder,] steering node (sim time, LIBERO state), LIBERO bridge. Bags are
-    split per episode when a run has several (``split`` "" = episode if ``episodes`` != 1, else run)."""
+    split per episode when a run has several (``split`` "" = episode if ``episodes`` != 1, else run).
+    ``seed`` ("" = their defaults) seeds the simulation and the policy's noise."""
     steering = steering_node(namespace=namespace, use_sim_time=True, state_source="libero", policy=policy,
-                             checkpoint=checkpoint, **{"steering.dictionary": dictionary},
-                             **parse_strengths(strengths))
-    nodes = [steering, sim_bridge(suite, task_id, init_state, episodes, max_steps, image_size, video_dir, namespace)]
+                             checkpoint=checkpoint, seed=int(seed) if seed != "" else "",
+                             **{"steering.dictionary": dictionary}, **parse_strengths(strengths))
+    nodes = [steering, sim_bridge(suite, task_id, init_state, episodes, max_steps, image_size, video_dir, namespace,
+                                  seed)]
     if record:
         split = split or ("run" if int(episodes) == 1 else "episode")
         nodes.insert(0, recorder(output_dir, bag_name, True, namespace, split))

@@ -1,16 +1,20 @@
-"""Headless evaluation runs: sim bridge + steering node + bag recorder per episode, then metrics and a report.
+"""Headless evaluation studies: sim bridge + steering node + bag recorder per episode, then metrics and a report.
 
-``python -m vla_steer_bringup.evaluation eval_demo [--out DIR]`` (or ``ros2 run vla_steer_bringup evaluation``)
+``python -m vla_steer_bringup.evaluation eval_demo [--out DIR] [--workers N | --address ADDR]``
+(or ``ros2 run vla_steer_bringup evaluation``)
 
-The config is a YAML file, or the name of one the package installs (``eval_demo``, ``eval_ci``).
+The config is a YAML file, or the name of one the package installs (``eval_demo``, ``eval_ci``);
+what it may say is :mod:`vla_steer_bringup.study`'s. A *live* condition starts unsteered and
+the runner sets the strengths through the node's SetParameters service — exactly what ``ros2
+param set`` calls — when sim time reaches that step. One bag per episode, named after its key
+(``<suite>_t<task>_i<init>_<condition>_s<seed>``), and one results row
+(:mod:`vla_steer_bringup.results`): a finished episode is not run again (resumable); an
+interrupted one's bag is made readable, kept aside and the episode run again. Then
+``report/results.csv``, ``success_rate.csv``, plots and ``report.md``.
 
-The config lists a suite, tasks, init states and conditions; each condition is a baseline, a
-set of strengths (``strengths: {up: 2.0}``) or a *live* change (``live: {at_step: 16,
-strengths: {up: 2.0}}``: the run starts unsteered and the runner sets the strengths through the
-node's SetParameters service — exactly what ``ros2 param set`` calls — when sim time reaches that
-step). One bag per episode, named ``<suite>_t<task>_i<init>_<condition>``; a finished bag is
-not run again (resumable); an interrupted one is made readable, kept aside and its episode run
-again. Then ``results.csv``, ``success_rate.csv``, plots and ``report.md``.
+Episodes run one after another in this process, or with ``--workers N`` (N > 1) / ``--address``
+(or ``RAY_ADDRESS``) sharded over Ray workers (:mod:`vla_steer_bringup.ray_runner`), each with its
+own ROS domain; the rows and metrics are the same either way.
 """
 
 from __future__ import annotations
@@ -21,68 +25,15 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from vla_steer_bringup import bringup
+from vla_steer_bringup.results import ResultStore
+from vla_steer_bringup.study import Episode, EvalConfig, study_dictionary
 from vla_steering import contract
 from vla_steering.bags import BagError, reindex
 from vla_steering.metrics import episode_from_bag, episode_metrics
 from vla_steering.report import write_report
-from vla_steering_node.share import share_file
-
-
-@dataclass(frozen=True)
-class Condition:
-    name: str
-    strengths: dict = field(default_factory=dict)
-    live_at_step: int | None = None
-    live_strengths: dict = field(default_factory=dict)
-
-    @property
-    def concept(self) -> str:
-        active = {**self.strengths, **self.live_strengths}
-        return next(iter(active), "")
-
-    @property
-    def strength(self) -> float:
-        active = {**self.strengths, **self.live_strengths}
-        return float(next(iter(active.values()), 0.0))
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    suite: str
-    tasks: list[int]
-    init_states: list[int]
-    conditions: list[Condition]
-    max_steps: int = 0  # 0 = the suite's limit
-    image_size: int = 128
-    horizon_steps: int = 20
-    policy: str = "demo"
-    checkpoint: str = ""
-    dictionary: str = ""
-    video: bool = False
-    episode_timeout_s: float = 1800.0
-    namespace: str = ""  # every node of the run under it (e.g. robot1)
-
-    @classmethod
-    def load(cls, path: str | Path) -> EvalConfig:
-        """A config file, or an installed preset's name (``eval_ci``)."""
-        path = Path(path)
-        if not path.exists() and path.parent == Path("."):
-            path = share_file(bringup.PACKAGE, f"config/{path.with_suffix('.yaml').name}")
-        data = yaml.safe_load(path.read_text())
-        conditions = []
-        for c in data.pop("conditions"):
-            live = c.get("live") or {}
-            conditions.append(Condition(str(c["name"]), dict(c.get("strengths") or {}), live.get("at_step"),
-                                        dict(live.get("strengths") or {})))
-        if not any(c.name == "baseline" for c in conditions):
-            raise ValueError("an evaluation needs a condition named 'baseline' to compare against")
-        return cls(conditions=conditions, **data)
 
 
 def _env(domain_id: int) -> dict:
@@ -100,10 +51,22 @@ def _env(domain_id: int) -> dict:
     return env
 
 
+def _node_process_setup() -> None:
+    """In a node's process before it runs: default signal handling (a Ray worker blocks and ignores signals,
+    and a child inherits both: its SIGINT would never close the bag), and killed when the runner that
+    started it dies (a killed Ray worker must not leave its episode's nodes publishing in its ROS domain)."""
+    import ctypes
+
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _start(spec: bringup.NodeSpec, env: dict, log: Path) -> subprocess.Popen:
     """Start a launch file's node spec as `python -m module --ros-args ...`."""
     return subprocess.Popen([sys.executable, "-m", spec.module, *spec.ros_args()], env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, preexec_fn=_node_process_setup)
 
 
 def _stop(process: subprocess.Popen, timeout: float = 30.0) -> int:
@@ -151,26 +114,27 @@ class LiveSetter:
         self.rclpy.shutdown()
 
 
-def run_episode(config: EvalConfig, task: int, init_state: int, condition: Condition, out: Path,
-                domain_id: int) -> Path:
-    name = f"{config.suite}_t{task}_i{init_state}_{condition.name}"
+def run_episode(config: EvalConfig, episode: Episode, out: Path, domain_id: int, dictionary: str) -> Path:
+    """Run one episode (unless its bag is finished) in ROS domain ``domain_id``; its closed bag."""
+    name = episode.name
     bag = out / "bags" / name
     if (bag / "metadata.yaml").exists():
         return bag  # resumable: finished episodes are not run again
     if bag.exists():  # an interrupted run: keep what it recorded (made readable), run the episode again
         reindex(bag)
-        kept = bag.with_name(f"{name}.interrupted_{time.strftime('%Y%m%d_%H%M%S')}")
+        kept = bag.with_name(f"{name}.interrupted_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}")
         bag.rename(kept)
         print(f"{name}: an interrupted recording was kept as {kept}; running the episode again", file=sys.stderr)
+    condition = config.condition(episode.condition)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = _env(domain_id)
     recorder_spec, steering_spec, bridge_spec = bringup.simulation(
-        suite=config.suite, task_id=task, init_state=init_state, episodes=1, max_steps=config.max_steps,
-        image_size=config.image_size, policy=config.policy, checkpoint=config.checkpoint,
-        dictionary=config.dictionary, strengths=",".join(f"{k}={v}" for k, v in condition.strengths.items()),
+        suite=episode.suite, task_id=episode.task, init_state=episode.init_state, episodes=1,
+        max_steps=config.max_steps, image_size=config.image_size, policy=config.policy, checkpoint=config.checkpoint,
+        dictionary=dictionary, strengths=",".join(f"{k}={v}" for k, v in condition.strengths.items()),
         record=True, output_dir=str(out / "bags"), bag_name=name,
-        video_dir=str(out / "videos" / name) if config.video else "", namespace=config.namespace)
+        video_dir=str(out / "videos" / name) if config.video else "", namespace=config.namespace, seed=episode.seed)
     recorder = _start(recorder_spec, env, logs / f"{name}.recorder.log")
     steering = _start(steering_spec, env, logs / f"{name}.steering.log")
     live = None
@@ -197,30 +161,65 @@ def run_episode(config: EvalConfig, task: int, init_state: int, condition: Condi
     return bag
 
 
-def evaluate(config: EvalConfig, out: Path, progress: bool = True) -> Path:
+def episode_row(config: EvalConfig, episode: Episode, bag: Path) -> dict:
+    """The results row of a finished episode: its key, concept and strength, bag and metrics."""
+    condition = config.condition(episode.condition)
+    row = {"suite": episode.suite, "task_id": episode.task, "init_state": episode.init_state,
+           "condition": episode.condition, "seed": episode.seed, "concept": condition.concept,
+           "strength": condition.strength, "bag": str(bag)}
+    row.update(episode_metrics(episode_from_bag(bag), config.horizon_steps))
+    return row
+
+
+def run_and_score(config: EvalConfig, episode: Episode, out: Path, domain_id: int, dictionary: str) -> dict:
+    """One episode, run (unless finished) and scored: its results row."""
+    return episode_row(config, episode, run_episode(config, episode, out, domain_id, dictionary))
+
+
+def evaluate(config: EvalConfig, out: Path, progress: bool = True, workers: int | None = None,
+             address: str | None = None) -> Path:
+    """Run every episode of the study not yet in ``out``'s results — here, one after another; or on Ray with
+    ``workers`` > 1 or an ``address`` (``workers`` None there: one per CPU) — then write the report over all."""
     from tqdm.auto import tqdm
 
-    domain_id = int(os.environ.get("ROS_DOMAIN_ID", 1 + os.getpid() % 100))
-    runs = [(t, i, c) for t in config.tasks for i in config.init_states for c in config.conditions]
-    rows, episodes = [], {}
-    for task, init_state, condition in tqdm(runs, desc="episodes", disable=not progress):
-        bag = run_episode(config, task, init_state, condition, out, domain_id)
-        episode = episode_from_bag(bag)
-        row = {"suite": config.suite, "task_id": task, "init_state": init_state, "condition": condition.name,
-               "concept": condition.concept, "strength": condition.strength, "bag": str(bag)}
-        row.update(episode_metrics(episode, config.horizon_steps))
-        rows.append(row)
-        episodes.setdefault((config.suite, task, init_state), {})[condition.name] = episode
-    return write_report(rows, episodes, out / "report", config.horizon_steps)
+    out = Path(out)
+    store = ResultStore(out)
+    dictionary = study_dictionary(config, out)
+    episodes = config.episodes()
+    todo = [e for e in episodes if store.get(e) is None]
+    bar = tqdm(total=len(episodes), initial=len(episodes) - len(todo), desc="episodes", disable=not progress)
+    if (workers or 1) > 1 or address:
+        from vla_steer_bringup.ray_runner import run_on_ray
+
+        run_on_ray(config, todo, out, dictionary, store, workers, address, bar.update)
+    else:
+        domain_id = int(os.environ.get("ROS_DOMAIN_ID", 1 + os.getpid() % 100))
+        for episode in todo:
+            store.put(episode, run_and_score(config, episode, out, domain_id, dictionary))
+            bar.update()
+    bar.close()
+    rows = store.rows(episodes)
+    trajectories: dict = {}
+    for row in rows:  # the first seed's episodes, where their bags are here (a cluster may keep them elsewhere)
+        if row["seed"] == config.seeds[0] and (Path(row["bag"]) / "metadata.yaml").exists():
+            key = (row["suite"], row["task_id"], row["init_state"])
+            trajectories.setdefault(key, {})[row["condition"]] = episode_from_bag(row["bag"])
+    return write_report(rows, trajectories, out / "report", config.horizon_steps)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config", help="evaluation YAML, or an installed preset: eval_demo, eval_ci")
     parser.add_argument("--out", default="artifacts/evaluation", help="output directory")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="Ray workers (default: 1 without Ray; with --address, the cluster's CPUs)")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
+                        help="an existing Ray cluster (default: $RAY_ADDRESS; none: this machine)")
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
     try:
-        report = evaluate(EvalConfig.load(args.config), Path(args.out))
+        report = evaluate(EvalConfig.load(args.config), Path(args.out), workers=args.workers, address=args.address)
     except (BagError, RuntimeError, ValueError, FileNotFoundError, KeyError, TypeError) as error:
         print(f"evaluation failed: {error}", file=sys.stderr)
         return 1

@@ -41,11 +41,15 @@ def success_rates(rows: Sequence[dict]) -> list[dict]:
 
 
 def comparisons(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
-    """Per steered condition: mean ± 95% CI of (steered − baseline) over paired episodes, per metric."""
-    base = {(r["suite"], r["task_id"], r["init_state"]): r for r in rows if r["condition"] == BASELINE}
+    """Per steered condition: mean ± 95% CI of (steered − baseline) over paired episodes (same task, init state
+    and seed), per metric."""
+    def key(r: dict) -> tuple:
+        return r["suite"], r["task_id"], r["init_state"], r.get("seed")
+
+    base = {key(r): r for r in rows if r["condition"] == BASELINE}
     by_condition: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
     for r in rows:
-        pair = base.get((r["suite"], r["task_id"], r["init_state"]))
+        pair = base.get(key(r))
         if r["condition"] != BASELINE and pair is not None:
             by_condition[r["condition"]].append((r, pair))
     out = []
@@ -155,7 +159,7 @@ def write_report(rows: Sequence[dict], episodes: dict[tuple, dict[str, Episode]]
     compared = comparisons(rows, keys)
     lines = ["# vla-steer evaluation", "",
              f"{len(rows)} episodes; results table `results.csv` (one row per episode), success rates "
-             "`success_rate.csv`. Effects are steered − baseline, paired by task and init state, mean ± 95% CI "
+             "`success_rate.csv`. Effects are steered − baseline, paired by task, init state and seed, mean ± 95% CI "
              f"(n = pairs). `height_gain_{horizon_steps}` and `dz_per_step` do not depend on episode length.", "",
              "## Success rate", "", "| suite | task | condition | episodes | success rate |", "|---|---|---|---|---|"]
     lines += [f"| {r['suite']} | {r['task_id']} | {r['condition']} | {r['episodes']} | {r['success_rate']:.2f} |"

@@ -1,0 +1,176 @@
+"""Evaluation at scale: a study's grid, its keyed results, and the CI sweep sharded over Ray workers.
+
+The Ray runs happen inside a loopback-only network namespace (nothing leaves 127.0.0.0/8): with
+plain ``ray.init()`` and 2 workers, and on Ray's local 2-node test cluster with one worker killed by
+its PID mid-episode. Each must give exactly the sequential run's rows and metrics, every episode
+once, every bag readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from netns import loopback_namespace
+from ros_harness import SOURCE_PATH, unique_domain_id
+
+from vla_steer_bringup.results import ResultStore
+from vla_steer_bringup.study import Episode, EvalConfig, study_dictionary
+from vla_steering.bags import read_bag
+from vla_steering.dictionaries import load_dictionary
+
+ROOT = Path(__file__).resolve().parents[1]
+CI_SWEEP = ROOT / "config" / "eval_sweep_ci.yaml"
+WALL_CLOCK = {"latency_ms", "bag"}  # what differs between runs of the same episode
+
+
+def write_config(path: Path, **changes) -> Path:
+    data = yaml.safe_load(CI_SWEEP.read_text())
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_sweep_expands_to_the_grid_with_matched_random_controls(tmp_path):
+    config = EvalConfig.load(write_config(tmp_path / "c.yaml", seeds=[1, 2], init_states=[0, 3], sweep={
+        "concepts": ["up", "down"], "strengths": [1.0, 4.0], "random_controls": 2}))
+    names = [c.name for c in config.conditions]
+    assert names == ["baseline", "up_1.0", "up_4.0", "down_1.0", "down_4.0", "up_random0_1.0", "up_random0_4.0",
+                     "up_random1_1.0", "up_random1_4.0", "down_random0_1.0", "down_random0_4.0",
+                     "down_random1_1.0", "down_random1_4.0"]
+    assert config.condition("down_random1_4.0").strengths == {"down_random1": 4.0}
+    episodes = config.episodes()
+    assert len(episodes) == len(set(episodes)) == 2 * 2 * len(names)  # init states x seeds x conditions
+    assert episodes[0] == Episode("libero_spatial", 0, 0, "baseline", 1)
+    assert episodes[0].name == "libero_spatial_t0_i0_baseline_s1"
+    dictionary = load_dictionary(study_dictionary(config, tmp_path / "out"))
+    for concept in ("up", "down"):
+        source = dictionary[concept].by_layer()
+        for i in range(2):
+            control = dictionary[f"{concept}_random{i}"].by_layer()
+            assert {layer: len(n) for layer, n in control.items()} == {layer: len(n) for layer, n in source.items()}
+            assert all(not set(control[layer]) & set(source[layer]) for layer in source)
+    assert dictionary["up_random0"].neurons != dictionary["up_random1"].neurons
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"sweep": {"concepts": ["up"]}}, "needs concepts and strengths"),
+    ({"sweep": {"concepts": ["up"], "strengths": [1], "randoms": 1}}, "unknown keys"),
+    ({"conditions": [{"name": "baseline"}, {"name": "up_2.0", "strengths": {"up": 1.0}}]}, "condition names repeat"),
+    ({"seeds": [7, 7]}, "seeds repeat"),
+    ({"workers": 2}, "unknown keys"),
+])
+def test_a_bad_study_is_refused_with_the_reason(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        EvalConfig.load(write_config(tmp_path / "c.yaml", **change))
+
+
+def test_a_random_control_of_a_concept_the_dictionary_lacks_is_refused(tmp_path):
+    config = EvalConfig.load(write_config(tmp_path / "c.yaml", sweep={
+        "concepts": ["nope"], "strengths": [1.0], "random_controls": 1}))
+    with pytest.raises(ValueError, match="'nope' is not in"):
+        study_dictionary(config, tmp_path)
+
+
+def test_results_are_kept_once_per_key_and_whole(tmp_path):
+    store = ResultStore(tmp_path)
+    a, b = Episode("s", 0, 0, "baseline", 7), Episode("s", 0, 0, "up_2.0", 7)
+    row = {"suite": "s", "task_id": 0, "init_state": 0, "condition": "baseline", "seed": 7, "steps": 8}
+    store.put(a, row)
+    store.put(a, row | {"steps": 9})  # again: replaced, not added
+    assert store.rows([b, a]) == [row | {"steps": 9}] and store.get(b) is None
+    assert sorted(p.name for p in store.folder.iterdir()) == [f"{a.name}.json"]  # no temporary left
+    store.path(b).write_text(json.dumps(row))  # a's row under b's name
+    with pytest.raises(ValueError, match="another episode's row"):
+        store.get(b)
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    """The CI sweep run one episode after another, without Ray."""
+    from vla_steer_bringup.evaluation import evaluate
+
+    os.environ.update(ROS_DOMAIN_ID=str(unique_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    out = tmp_path_factory.mktemp("sequential")
+    evaluate(EvalConfig.load(CI_SWEEP), out, progress=False)
+    return out
+
+
+def rows_by_key(out: Path) -> dict[tuple, dict]:
+    rows = ResultStore(out).rows(EvalConfig.load(CI_SWEEP).episodes())
+    return {(r["task_id"], r["init_state"], r["condition"], r["seed"]): r for r in rows}
+
+
+def assert_same_rows(out: Path, reference: Path) -> None:
+    rows, expected = rows_by_key(out), rows_by_key(reference)
+    assert len(rows) == len(expected) == 4
+    for key, row in rows.items():
+        assert {k: v for k, v in row.items() if k not in WALL_CLOCK} == \
+               {k: v for k, v in expected[key].items() if k not in WALL_CLOCK}, key
+    table = (out / "report" / "results.csv").read_text().splitlines()
+    assert len(table) == 1 + 4  # the merged table: a header and one row per episode, none twice
+
+
+def run_in_namespace(prefix: list[str], out: Path, mode: str) -> subprocess.Popen:
+    env = dict(os.environ, ROS_DOMAIN_ID=str(unique_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               RAY_USAGE_STATS_ENABLED="0")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), SOURCE_PATH])
+    return subprocess.Popen([*prefix, sys.executable, str(Path(__file__).parent / "ray_sweep_run.py"),
+                             str(CI_SWEEP), str(out), mode], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_ray_workers_give_the_sequential_rows_and_metrics(sequential, tmp_path):
+    with loopback_namespace() as prefix:
+        run = run_in_namespace(prefix, tmp_path, "local")
+        output, _ = run.communicate(timeout=1200)
+    assert run.returncode == 0, output[-4000:]
+    assert_same_rows(tmp_path, sequential)
+    assert "up_2.0" in (tmp_path / "report" / "report.md").read_text()
+
+
+def episode_workers() -> list[int]:
+    """PIDs of Ray actor processes running an episode (their process title names the task)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::EpisodeWorker.run"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_worker_killed_mid_episode_on_a_two_node_cluster_loses_nothing_and_runs_nothing_twice(sequential,
+                                                                                                tmp_path):
+    with loopback_namespace() as prefix:
+        run = run_in_namespace(prefix, tmp_path, "cluster")
+        victim, deadline = None, time.monotonic() + 600
+        while victim is None and time.monotonic() < deadline and run.poll() is None:
+            recording = [b for b in (tmp_path / "bags").glob("*_s*") if not (b / "metadata.yaml").exists()
+                         and any(f.stat().st_size > 0 for f in b.glob("*.mcap"))]
+            workers = episode_workers()
+            if recording and workers:
+                victim = workers[0]
+                os.kill(victim, signal.SIGKILL)
+            time.sleep(0.5)
+        output, _ = run.communicate(timeout=1200)
+    assert victim is not None, "no episode was caught mid-run: " + output[-3000:]
+    assert run.returncode == 0, output[-4000:]
+    cluster = json.loads(next(line for line in output.splitlines() if line.startswith('{"nodes"')))
+    assert cluster == {"nodes": 2, "addresses": ["127.0.0.1"]}
+    assert_same_rows(tmp_path, sequential)
+    kept = list((tmp_path / "bags").glob("*.interrupted_*"))
+    assert len(kept) == 1, sorted(p.name for p in (tmp_path / "bags").iterdir())
+    finished = [b for b in (tmp_path / "bags").iterdir() if ".interrupted_" not in b.name]
+    assert len(finished) == 4
+    for bag in [*kept, *finished]:  # every bag readable, the interrupted one included
+        assert sum(1 for _ in read_bag(bag)) > 0

@@ -1,0 +1,107 @@
+"""Episodes of a study sharded over Ray workers, on this machine or a cluster, each episode run exactly once.
+
+Each worker is a Ray actor (one CPU) that runs episodes one after another exactly as the
+sequential runner does (:func:`vla_steer_bringup.evaluation.run_and_score`: its own bridge,
+steering node and recorder), in a ROS domain of its own, and returns the episode's results row;
+the driver keeps the row under the episode's key (:class:`vla_steer_bringup.results.ResultStore`)
+the moment it arrives. Nothing else is shared between episodes, so their metrics are the
+sequential run's.
+
+A worker that dies mid-episode (killed, out of memory, its node lost) loses nothing already
+kept: the driver starts a replacement worker in a fresh ROS domain (the dead worker's nodes die
+with it: :func:`vla_steer_bringup.evaluation._node_process_setup`) and gives it the episode again
+— once per death, up to ``retries`` times; the replacement finds the dead attempt's unfinished bag,
+makes it readable and keeps it aside. An episode that *fails* (the bridge exits with an error)
+fails the study, as it does sequentially.
+
+``ray.init()`` starts Ray on this machine (one worker per core unless told) or, given an address,
+joins that cluster; bags and results go to ``out``, which on a cluster must be storage every
+node sees.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from vla_steer_bringup.results import ResultStore
+from vla_steer_bringup.study import Episode, EvalConfig
+
+DOMAINS = 100  # ROS domain ids 1..100 (0 is the default users run in)
+
+
+class EpisodeWorker:
+    """A Ray actor: runs episodes in its own ROS domain."""
+
+    def __init__(self, domain_id: int):
+        self.domain_id = domain_id
+        os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+
+    def run(self, config: EvalConfig, episode: Episode, out: str, dictionary: str) -> tuple[dict, dict]:
+        """(the episode's results row, timings: the worker's pid and when the episode started and ended)."""
+        from vla_steer_bringup.evaluation import run_and_score
+
+        started = time.time()
+        row = run_and_score(config, episode, Path(out), self.domain_id, dictionary)
+        return row, {"pid": os.getpid(), "started": started, "ended": time.time()}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def run_on_ray(config: EvalConfig, episodes: Sequence[Episode], out: Path, dictionary: str, store: ResultStore,
+               workers: int | None = None, address: str | None = None,
+               done: Callable[[], object] = lambda: None, retries: int = 2) -> list[dict]:
+    """Run ``episodes`` on Ray workers, keeping each row in ``store`` as it arrives; each one's timings (worker
+    pid; when it was submitted, started and ended)."""
+    import ray
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, num_cpus=None if address else (workers or os.cpu_count()),
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actor_class = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(EpisodeWorker)
+        base = int(os.environ.get("ROS_DOMAIN_ID", 1 + os.getpid() % DOMAINS))
+        created = 0
+
+        def new_worker():
+            nonlocal created
+            created += 1
+            return actor_class.remote(1 + (base + created - 1) % DOMAINS)
+
+        idle = [new_worker() for _ in range(min(count, len(episodes)))]
+        pending = list(episodes)
+        running: dict = {}  # object ref -> (worker, episode, when it was submitted)
+        deaths: dict[Episode, int] = {}
+        timings = []
+        while pending or running:
+            while pending and idle:
+                worker, episode = idle.pop(), pending.pop(0)
+                running[worker.run.remote(config, episode, str(out), dictionary)] = (worker, episode, time.time())
+            ready, _ = ray.wait(list(running), num_returns=1)
+            worker, episode, submitted = running.pop(ready[0])
+            try:
+                row, timing = ray.get(ready[0])
+            except (ActorDiedError, ActorUnavailableError) as error:
+                deaths[episode] = deaths.get(episode, 0) + 1
+                if deaths[episode] > retries:
+                    raise RuntimeError(f"{episode.name}: its worker died {deaths[episode]} times") from error
+                ray.kill(worker)
+                idle.append(new_worker())
+                pending.insert(0, episode)  # run again, once, by a fresh worker
+                continue
+            except RayTaskError as error:
+                raise RuntimeError(f"{episode.name} failed on its worker: {error.cause}") from error
+            store.put(episode, row)
+            timings.append(timing | {"episode": episode.name, "submitted": submitted})
+            idle.append(worker)
+            done()
+        return timings
+    finally:
+        if started_here:
+            ray.shutdown()
