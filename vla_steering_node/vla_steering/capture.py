@@ -235,12 +235,14 @@ class ResidualCapture:
 
 
 def record_residuals(steered, observations: Iterable, layers: Sequence[int], stack: str | None = None,
-                     position: str = "last") -> tuple[np.ndarray, np.ndarray]:
+                     position: str = "last", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Run ``steered`` (a :class:`vla_steering.policies.SteeredPolicy`) on ``observations``: their residual
     streams (N, layers, D) at ``position`` and the first action of each chunk (N, A)."""
+    from tqdm import tqdm
+
     actions = []
     with ResidualCapture(steered.policy.model, layers, stack, position) as capture:
-        for observation in observations:
+        for observation in tqdm(observations, desc="residual streams", unit="obs", disable=not progress):
             span = steered.policy.instruction_positions(observation) if position == "instruction" else None
             with capture.observation(span):
                 actions.append(steered.act(observation).actions[0])

@@ -298,8 +298,8 @@ def cmd_contrast(args: argparse.Namespace) -> int:
     images, steered = _scene_images(args), SteeredPolicy(policy)
     results, concepts, cosines, extra = {}, {}, {}, {}
     for name, (a, b) in pairs.items():
-        residual_a = record_residuals(steered, _observations(a, images), layers, args.stack, args.position)[0]
-        residual_b = record_residuals(steered, _observations(b, images), layers, args.stack, args.position)[0]
+        residual_a, residual_b = (record_residuals(steered, _observations(texts, images), layers, args.stack,
+                                                   args.position, progress=True)[0] for texts in (a, b))
         result = results[name] = residual_contrast(stack.name, layers, residual_a, residual_b)
         concepts[name] = result.concept(name, f"{' / '.join(a)} minus {' / '.join(b)} ({args.position} position)")
         cosines[name] = concept_cosines(result, policy.model, neurons)
@@ -330,7 +330,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     policy = make_policy(args.policy, args.checkpoint)
     layers = _layers(args.layers)
     observations = _observations(_instructions(args), _scene_images(args))
-    residuals, actions = record_residuals(SteeredPolicy(policy), observations, layers, args.stack, args.position)
+    residuals, actions = record_residuals(SteeredPolicy(policy), observations, layers, args.stack, args.position,
+                                          progress=True)
     result = fit_probes(residuals, actions, layers, policy.action_space.dims, seed=args.seed)
     report = write_report(result, Path(args.out))
     print(f"probes on {result.train} + {result.test} observations -> {report}")
@@ -347,7 +348,8 @@ def cmd_sae(args: argparse.Namespace) -> int:
 
     policy = make_policy(args.policy, args.checkpoint)
     observations = _observations(_instructions(args), _scene_images(args))
-    residuals, actions = record_residuals(SteeredPolicy(policy), observations, [args.layer], args.stack, args.position)
+    residuals, actions = record_residuals(SteeredPolicy(policy), observations, [args.layer], args.stack,
+                                          args.position, progress=True)
     data = residuals[:, 0]
     order = np.random.default_rng(args.seed).permutation(len(data))
     held_out, train = order[: len(data) // 5], order[len(data) // 5:]

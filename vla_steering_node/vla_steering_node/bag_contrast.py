@@ -40,8 +40,8 @@ def bag_contrast(steered: SteeredPolicy, bags_a: Sequence[str | Path], bags_b: S
                  layers: Sequence[int], cameras: list[str], state_source: str = "libero", stack: str | None = None,
                  position: str = "last") -> Contrast:
     """``mean_A - mean_B`` of the residual streams of the two sets' recorded observations (steering as given)."""
-    a = record_residuals(steered, recorded_observations(bags_a, cameras, state_source), layers, stack, position)[0]
-    b = record_residuals(steered, recorded_observations(bags_b, cameras, state_source), layers, stack, position)[0]
+    a, b = (record_residuals(steered, recorded_observations(bags, cameras, state_source), layers, stack, position,
+                             progress=True)[0] for bags in (bags_a, bags_b))
     return residual_contrast(primary_stack(steered.policy.model, stack).name, layers, a, b)
 
 
