@@ -8,6 +8,7 @@ and what batching observations could gain on this CPU: the demo VLA's time for a
 observations against 2 single ones (a batching policy actor is not built: see BENCHMARKS.md).
 
 Run (as root): PYTHONPATH=vla_steering_node:vla_steer_bringup:sim_bridge .venv/bin/python benchmarks/sweep.py
+[--max-steps N] (the same sweep with longer episodes: N steps instead of the preset's 8)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +63,8 @@ def inside() -> None:
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     config = EvalConfig.load(CONFIG)
+    if "--max-steps" in sys.argv:
+        config = replace(config, max_steps=int(sys.argv[sys.argv.index("--max-steps") + 1]))
     episodes = len(config.episodes())
     with tempfile.TemporaryDirectory() as scratch:
         start = time.perf_counter()
@@ -76,7 +80,8 @@ def inside() -> None:
     waits = [t["started"] - t["submitted"] for t in timings]
     durations = [t["ended"] - t["started"] for t in timings]
     per_hour = lambda seconds: episodes / seconds * 3600  # noqa: E731
-    print(f"CI sweep, {episodes} episodes: sequential {sequential:.1f} s ({per_hour(sequential):.0f} episodes/h); "
+    print(f"CI sweep, {episodes} episodes of {config.max_steps} steps: sequential {sequential:.1f} s "
+          f"({per_hour(sequential):.0f} episodes/h); "
           f"2 Ray workers {sharded:.1f} s incl. Ray's start ({per_hour(sharded):.0f} episodes/h); "
           f"ratio {sequential / sharded:.2f}")
     print(f"Ray start {ray_start:.1f} s ({ray_start / episodes:.2f} s per episode of this sweep); submit-to-start wait "
@@ -94,7 +99,7 @@ def main() -> None:
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "netns", "exec", name, sys.executable, __file__, "--inside"], check=True,
+        subprocess.run(["ip", "netns", "exec", name, sys.executable, __file__, "--inside", *sys.argv[1:]], check=True,
                        env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False)

@@ -8,9 +8,11 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from vla_steering import contract
 from vla_steering.bags import TYPESTORE, BagWriter
+from vla_steering.dictionaries import load_dictionary
 from vla_steering.policies.demo_vla import DIRECTIONS, render_scene
 
 GRIPPER = ["gripper_finger_left", "gripper_finger_right"]
@@ -78,7 +80,7 @@ def test_up_runs_against_down_runs_rank_the_up_and_down_token_families_above_cha
     up, down = runs
     out = tmp_path / "attributed"
     assert main([*up, "--versus", *down, "--layers", LAYERS, "--position", "last", "--attribute", "up", "down",
-                 "--keywords", "up", "down", "--top", "100", "--out", str(out)]) == 0
+                 "--keywords", "up", "down", "--top", "100", "--format", "reference", "--out", str(out)]) == 0
     page = (out / "mining.md").read_text()
     summary = next(line for line in page.splitlines() if "listed neurons have" in line)
     hits, p_value = int(summary.split(" of the ")[0]), float(summary.split("p = ")[1].split(" ")[0])
@@ -87,6 +89,9 @@ def test_up_runs_against_down_runs_rank_the_up_and_down_token_families_above_cha
     assert len(rows) == 100 and sum(float(r["keyword_score"]) > 0 for r in rows) == hits
     assert {r["instruction"] for r in rows} <= set(DIRECTIONS["up"][0])  # the maximising frames are set A's
     assert all(len(json.loads(r["top_tokens"])) == 8 for r in rows)
+    mined = load_dictionary(out / "mined.yaml", 1536)["mined"]  # written in the paper's format, read back
+    assert "format" not in yaml.safe_load((out / "mined.yaml").read_text())
+    assert set(mined.neurons) == {(int(r["layer"]), int(r["neuron"])) for r in rows}
     stats, versus = NeuronStats.load(out / "neuron_stats.npz"), NeuronStats.load(out / "neuron_stats_versus.npz")
     assert stats.observations == versus.observations == 20 and stats.layers == tuple(range(15, 30))
     projection = mined_projection(SteeredPolicy(make_policy("demo")), stats)

@@ -159,7 +159,7 @@ def ranking(stats: NeuronStats, versus: NeuronStats | None, weights: np.ndarray 
 
 def write_results(stats: NeuronStats, frames: list[Frame], steered: SteeredPolicy, out: Path, top: int,
                   clusters: int = 0, space: str = "semantic", keywords: Sequence[str] = (),
-                  versus: NeuronStats | None = None, attribute: Sequence[str] = ()) -> list[dict]:
+                  versus: NeuronStats | None = None, attribute: Sequence[str] = (), fmt: str = "native") -> list[dict]:
     """neuron_stats.npz, top_neurons.csv, mined.yaml and mining.md (with clusters: mining_tsne.png) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     stats.save(out / "neuron_stats.npz")
@@ -205,7 +205,7 @@ def write_results(stats: NeuronStats, frames: list[Frame], steered: SteeredPolic
                       description=f"the {len(rows)} {how} neurons over {stats.observations} recorded observations"
                                   + ("" if versus is None else f" against {versus.observations}"), stack=stats.stack)
     save_dictionary(InterventionDictionary({"mined": concept}, intermediate_size=stats.max_abs.shape[1]),
-                    out / "mined.yaml")
+                    out / "mined.yaml", fmt)
     extra = [k for k in ("mean_versus", "score", "cluster", "keyword_score") if k in rows[0]]
     runs = len({f.bag for f in frames})
     if versus is None:
@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--versus", nargs="+", default=[], help="bags of contrasting runs: rank by the difference")
     parser.add_argument("--attribute", nargs=2, default=[], metavar=("WORD_A", "WORD_B"),
                         help="with --versus: weight the difference by the value vector's WORD_A - WORD_B direction")
+    parser.add_argument("--format", default="native", choices=("native", "reference"),
+                        help="mined.yaml in this project's format or the CoRL 2025 paper's")
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         versus = mine(args.versus, steered, args.cameras, args.state_source, stack=args.stack, layers=layers,
                       position=args.position)[0] if args.versus else None
         rows = write_results(stats, frames, steered, Path(args.out), args.top, args.clusters, args.space,
-                             args.keywords, versus, args.attribute)
+                             args.keywords, versus, args.attribute, args.format)
     except (BagError, KeyError, ValueError, FileNotFoundError) as error:
         print(f"activation mining failed: {error}", file=sys.stderr)
         return 1
