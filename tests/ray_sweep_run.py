@@ -1,8 +1,6 @@
-"""Run a study on Ray from inside a loopback-only network namespace (the tests start it with ``ip netns exec``).
-
-``python ray_sweep_run.py CONFIG OUT local`` — plain ``ray.init()`` with 2 workers;
-``python ray_sweep_run.py CONFIG OUT cluster`` — Ray's local 2-node test cluster (one CPU each).
-Prints the worker timings as JSON on the last line.
+"""Run a study on Ray's local 2-node test cluster (one CPU each), from inside a loopback-only network namespace
+(the tests start it with ``ip netns exec``): ``python ray_sweep_run.py CONFIG OUT``. Prints the cluster's nodes
+and their addresses as JSON first.
 """
 
 from __future__ import annotations
@@ -11,24 +9,22 @@ import json
 import sys
 from pathlib import Path
 
+import ray
+from ray.cluster_utils import Cluster
+
 from vla_steer_bringup.evaluation import evaluate
 from vla_steer_bringup.study import EvalConfig
 
 
 def main() -> int:
-    config, out, mode = EvalConfig.load(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-    if mode == "local":
-        evaluate(config, out, progress=False, workers=2)
-        return 0
-    import ray
-    from ray.cluster_utils import Cluster
-
+    config, out = EvalConfig.load(sys.argv[1]), Path(sys.argv[2])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
     try:
         ray.init(address=cluster.address, log_to_driver=False)
         nodes = [n for n in ray.nodes() if n["Alive"]]
-        print(json.dumps({"nodes": len(nodes), "addresses": sorted({n["NodeManagerAddress"] for n in nodes})}))
+        print(json.dumps({"nodes": len(nodes), "addresses": sorted({n["NodeManagerAddress"] for n in nodes})}),
+              flush=True)
         evaluate(config, out, progress=False, address=cluster.address)
     finally:
         ray.shutdown()

@@ -1,9 +1,9 @@
 """Evaluation at scale: a study's grid, its keyed results, and the CI sweep sharded over Ray workers.
 
-The Ray runs happen inside a loopback-only network namespace (nothing leaves 127.0.0.0/8): with
-plain ``ray.init()`` and 2 workers, and on Ray's local 2-node test cluster with one worker killed by
-its PID mid-episode. Each must give exactly the sequential run's rows and metrics, every episode
-once, every bag readable.
+The Ray runs happen inside a loopback-only network namespace (nothing leaves 127.0.0.0/8): the
+installed ``evaluation`` with ``--workers 2`` (plain ``ray.init()``), and Ray's local 2-node test
+cluster with one worker killed by its PID mid-episode. Each must give exactly the sequential run's
+rows and metrics, every episode once, every bag readable.
 """
 
 from __future__ import annotations
@@ -118,20 +118,27 @@ def assert_same_rows(out: Path, reference: Path) -> None:
     assert len(table) == 1 + 4  # the merged table: a header and one row per episode, none twice
 
 
-def run_in_namespace(prefix: list[str], out: Path, mode: str) -> subprocess.Popen:
+def run_on_a_test_cluster(prefix: list[str], out: Path) -> subprocess.Popen:
     env = dict(os.environ, ROS_DOMAIN_ID=str(unique_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                RAY_USAGE_STATS_ENABLED="0")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), SOURCE_PATH])
     return subprocess.Popen([*prefix, sys.executable, str(Path(__file__).parent / "ray_sweep_run.py"),
-                             str(CI_SWEEP), str(out), mode], env=env, stdout=subprocess.PIPE,
+                             str(CI_SWEEP), str(out)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_ray_workers_give_the_sequential_rows_and_metrics(sequential, tmp_path):
+def test_two_ray_workers_of_the_installed_runner_give_the_sequential_rows_and_metrics(sequential, fresh_install,
+                                                                                      tmp_path):
+    """The installed ``evaluation`` (outside the tree, PYTHONPATH unset, the preset found by name) with
+    ``--workers 2``: plain ``ray.init()`` on this machine."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AMENT_PREFIX_PATH")}
+    env.update(ROS_DOMAIN_ID=str(unique_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               RAY_USAGE_STATS_ENABLED="0")
     with loopback_namespace() as prefix:
-        run = run_in_namespace(prefix, tmp_path, "local")
-        output, _ = run.communicate(timeout=1200)
-    assert run.returncode == 0, output[-4000:]
+        run = subprocess.run([*prefix, str(fresh_install / "bin" / "evaluation"), "eval_sweep_ci", "--workers", "2",
+                              "--out", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert_same_rows(tmp_path, sequential)
     assert "up_2.0" in (tmp_path / "report" / "report.md").read_text()
 
@@ -152,7 +159,7 @@ def episode_workers() -> list[int]:
 def test_a_worker_killed_mid_episode_on_a_two_node_cluster_loses_nothing_and_runs_nothing_twice(sequential,
                                                                                                 tmp_path):
     with loopback_namespace() as prefix:
-        run = run_in_namespace(prefix, tmp_path, "cluster")
+        run = run_on_a_test_cluster(prefix, tmp_path)
         victim, deadline = None, time.monotonic() + 600
         while victim is None and time.monotonic() < deadline and run.poll() is None:
             recording = [b for b in (tmp_path / "bags").glob("*_s*") if not (b / "metadata.yaml").exists()
