@@ -188,7 +188,7 @@ def evaluate(config: EvalConfig, out: Path, progress: bool = True, workers: int 
     episodes = config.episodes()
     todo = [e for e in episodes if store.get(e) is None]
     bar = tqdm(total=len(episodes), initial=len(episodes) - len(todo), desc="episodes", disable=not progress)
-    if (workers or 1) > 1 or address:
+    if todo and ((workers or 1) > 1 or address):
         from vla_steer_bringup.ray_runner import run_on_ray
 
         run_on_ray(config, todo, out, dictionary, store, workers, address, bar.update)
