@@ -20,6 +20,7 @@ own ROS domain; the rows and metrics are the same either way.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import subprocess
@@ -51,16 +52,19 @@ def _env(domain_id: int) -> dict:
     return env
 
 
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the forked child must not import or load
+PR_SET_PDEATHSIG = 1
+
+
 def _node_process_setup() -> None:
     """In a node's process before it runs: default signal handling (a Ray worker blocks and ignores signals,
     and a child inherits both: its SIGINT would never close the bag), and killed when the runner that
-    started it dies (a killed Ray worker must not leave its episode's nodes publishing in its ROS domain)."""
-    import ctypes
-
+    started it dies (a killed Ray worker must not leave its episode's nodes publishing in its ROS domain).
+    It runs between fork and exec, so it only makes system calls."""
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, signal.SIG_DFL)
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _start(spec: bringup.NodeSpec, env: dict, log: Path) -> subprocess.Popen:
