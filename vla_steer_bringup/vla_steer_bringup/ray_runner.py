@@ -47,9 +47,6 @@ class EpisodeWorker:
         row = run_and_score(config, episode, Path(out), self.domain_id, dictionary)
         return row, {"pid": os.getpid(), "started": started, "ended": time.time()}
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 def run_on_ray(config: EvalConfig, episodes: Sequence[Episode], out: Path, dictionary: str, store: ResultStore,
                workers: int | None = None, address: str | None = None,
