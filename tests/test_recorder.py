@@ -32,8 +32,10 @@ def node():
 
 
 def start(tmp_path, name="bag", **params):
-    return NodeProcess("vla_steering_node.recorder", DOMAIN,
-                       {"output_dir": str(tmp_path), "bag_name": name, **params}, log=tmp_path / f"{name}.log")
+    """The recorder writing into ``tmp_path``; ``bag_name`` ``name`` (None: not given)."""
+    named = {"bag_name": name} if name is not None else {}
+    return NodeProcess("vla_steering_node.recorder", DOMAIN, {"output_dir": str(tmp_path), **named, **params},
+                       log=tmp_path / f"{name or 'recorder'}.log")
 
 
 def spin(node, seconds):
@@ -109,6 +111,45 @@ def test_one_bag_per_episode(node, tmp_path):
     assert [bag_counts(b)["/action_chunk"] for b in bags] == [5, 6]
     assert [bag_counts(b)["/episode_events"] for b in bags] == [2, 2]
     assert "every received message written" in process.output()
+
+
+def test_on_request_each_bag_is_the_one_bag_name_names(node, tmp_path):
+    """split: request (what a rig kept across episodes uses): a bag_name set closes the current bag and opens
+    that one; "" records nothing (counted, not silently dropped); a name that exists, or a path, is refused."""
+    from vla_steering_node.parameter_client import ParameterClient
+
+    process = start(tmp_path, name=None, split="request")
+    actions = node.create_publisher(JointTrajectory, "action_chunk", QoSProfile(depth=200))
+    assert wait_for(lambda: actions.get_subscription_count() > 0, 60), process.output()
+    client = ParameterClient(node, "/bag_recorder")
+
+    def set_name(name: str):
+        future = client.set_async({"bag_name": name})
+        assert wait_for(future.done, 30, lambda s: rclpy.spin_once(node, timeout_sec=s))
+        return future.result().result
+
+    def send(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            actions.publish(action(i))
+        spin(node, 0.5)
+
+    send(0, 3)  # before any name: not recorded
+    assert set_name("episode_a").successful
+    send(3, 4)
+    assert set_name("episode_b").successful
+    assert (tmp_path / "episode_a" / "metadata.yaml").exists()  # closed by the set, before the next bag
+    send(7, 2)
+    assert set_name("").successful
+    assert (tmp_path / "episode_b" / "metadata.yaml").exists()
+    send(9, 1)
+    refused = set_name("episode_a")
+    assert not refused.successful and "exists already" in refused.reason
+    assert not set_name("../elsewhere").successful
+    assert process.stop() == 0, process.output()
+    assert recorded_stamps(tmp_path / "episode_a") == [3, 4, 5, 6]
+    assert recorded_stamps(tmp_path / "episode_b") == [7, 8]
+    assert "received while no bag was named, not recorded: {'/action_chunk': 4}" in process.output()
+    assert "NOT WRITTEN" not in process.output()
 
 
 def publish_actions(node, process, count: int, pause_s: float = 0.0) -> None:

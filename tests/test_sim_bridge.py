@@ -214,3 +214,46 @@ def test_services_choose_task_and_init_state_and_videos_are_written(ros, tmp_pat
     assert [v.name for v in videos][:2] == ["libero_spatial_task0_init0.mp4", "libero_spatial_task0_init1.mp4"]
     frames = cv2.VideoCapture(str(videos[0])).get(cv2.CAP_PROP_FRAME_COUNT)
     assert frames >= 3
+
+
+def test_without_autostart_it_runs_what_reset_asks_each_episode_seeded_afresh(ros, tmp_path):
+    """autostart false (a rig kept across episodes): idle until ~/reset; each episode seeded afresh, so an
+    episode run again after another one is the same, image for image."""
+    from std_srvs.srv import Trigger
+
+    from vla_steering_node.parameter_client import ParameterClient
+
+    watcher = Watcher(act=lambda n: [[0.2, 0, 0.3, 0, 0, 0, -1]] * 2)
+    process = bridge("libero_spatial", 0, 4, tmp_path / "bridge.log", episodes=0, autostart=False)
+
+    def call(future):
+        assert wait_for(future.done, 30, watcher.spin)
+        return future.result()
+
+    def ends() -> int:
+        return sum(e.message in ("success", "timeout") for e in watcher.events)
+
+    reset = watcher.node.create_client(Trigger, "/sim_bridge/reset")
+    params = ParameterClient(watcher.node, "/sim_bridge")
+    episodes = []
+    try:
+        assert wait_for(lambda: reset.service_is_ready() or not process.alive(), 240, watcher.spin), \
+            process.output()[-3000:]
+        wait_for(lambda: False, 2.0, watcher.spin)
+        assert watcher.events == [] and watcher.images == []  # idle: nothing runs unasked
+        for seed in (3, 5, 3):
+            first, ended = len(watcher.images), ends()
+            assert call(params.set_async({"seed": seed, "init_state": 1})).result.successful
+            assert call(reset.call_async(Trigger.Request())).success
+            assert wait_for(lambda ended=ended: ends() > ended or not process.alive(), 120, watcher.spin), \
+                process.output()[-3000:]
+            episodes.append({(m.header.stamp.sec, m.header.stamp.nanosec): bytes(m.data)  # re-sends once
+                             for m in watcher.images[first:]})
+        wait_for(lambda: False, 1.5, watcher.spin)
+        assert sum(e.message == "start" for e in watcher.events) == 3  # and none after the last end
+    finally:
+        process.stop()
+        watcher.node.destroy_node()
+    starts = [values(e) for e in watcher.events if e.message == "start"]
+    assert [(s["seed"], s["init_state"]) for s in starts] == [("3", "1"), ("5", "1"), ("3", "1")]
+    assert len(episodes[0]) == 2 and episodes[0] == episodes[2]  # the same episode after another one

@@ -269,6 +269,41 @@ def test_a_re_sent_observation_is_answered_once(running):
     client.act()  # a new observation is answered as usual
 
 
+def test_reset_forgets_the_inputs_so_a_new_episode_is_answered_from_its_first_observation(running):
+    """After ~/reset the instruction is forgotten (back to the empty parameter) until one arrives, and an
+    observation stamped like one answered before is answered again (sim time starts again each episode)."""
+    from std_srvs.srv import Trigger
+
+    _, client = running
+    reset = client.node.create_client(Trigger, "/vla_steering_node/reset")
+    client.act()
+    wait_for(lambda: False, 1.2, client.spin)  # the latest /diagnostics
+    not_ready = diagnostic(client, "not_ready")
+    assert client.call(reset, Trigger.Request()).success
+    stamp = client.publish_observation()
+    wait_for(lambda: False, 1.0, client.spin)
+    assert not any(a.header.stamp == stamp for a in client.actions)  # no instruction yet
+    assert wait_for(lambda: diagnostic(client, "not_ready") > not_ready, 3, client.spin)
+    client.instruction.publish(String(data="move left"))
+    answered = client.act()
+    assert client.call(reset, Trigger.Request()).success
+    client.instruction.publish(String(data="move left"))
+    for _ in range(3):  # within stale_after_s of its stamp; sensor QoS is best effort: again until answered
+        client.republish(answered.header.stamp)
+        if wait_for(lambda: sum(a.header.stamp == answered.header.stamp for a in client.actions) == 2, 0.25,
+                    client.spin):
+            break
+    assert sum(a.header.stamp == answered.header.stamp for a in client.actions) == 2
+
+
+def test_the_noise_seed_is_live_and_checked(running):
+    _, client = running
+    assert client.set("seed", 11).successful and client.get("seed").integer_value == 11
+    refused = client.set("seed", "eleven")
+    assert not refused.successful and client.get("seed").integer_value == 11
+    assert client.set("seed", 0).successful
+
+
 def test_a_latched_instruction_is_state_not_a_stream(running):
     _, client = running
     wait_for(lambda: False, 2.5, client.spin)  # longer than stale_after_s since the instruction

@@ -118,6 +118,15 @@ def assert_same_rows(out: Path, reference: Path) -> None:
     assert len(table) == 1 + 4  # the merged table: a header and one row per episode, none twice
 
 
+def rigs_started(out: Path) -> int:
+    """How many simulation rigs (bridge, node and recorder, kept across episodes) the run started."""
+    return len(list((out / "logs").glob("rig_*.sim_bridge.log")))
+
+
+def test_the_sequential_run_keeps_one_rig_for_all_its_episodes(sequential):
+    assert rigs_started(sequential) == 1 and len(list((sequential / "bags").iterdir())) == 4
+
+
 def run_on_a_test_cluster(prefix: list[str], out: Path) -> subprocess.Popen:
     env = dict(os.environ, ROS_DOMAIN_ID=str(unique_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                RAY_USAGE_STATS_ENABLED="0")
@@ -140,20 +149,28 @@ def test_two_ray_workers_of_the_installed_runner_give_the_sequential_rows_and_me
                              timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert_same_rows(tmp_path, sequential)
+    assert rigs_started(tmp_path) == 2  # one per worker, kept across its episodes
     assert "up_2.0" in (tmp_path / "report" / "report.md").read_text()
 
 
-def episode_workers() -> list[int]:
-    """PIDs of Ray actor processes running an episode (their process title names the task)."""
-    found = []
+def worker_recording(bag: Path) -> int | None:
+    """The PID of the Ray actor process running an episode (its process title names the task) whose rig's
+    recorder (a child of it) has a file of ``bag`` open."""
+    def parent(pid: str) -> str:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::EpisodeWorker.run"):
-                    found.append(int(entry.name))
-            except OSError:
+        try:
+            if not entry.name.isdigit() or not any(str(link.readlink()).startswith(str(bag))
+                                                   for link in (entry / "fd").iterdir()):
                 continue
-    return found
+            worker = parent(entry.name)
+            if Path(f"/proc/{worker}/cmdline").read_bytes().startswith(b"ray::EpisodeWorker.run"):
+                return int(worker)
+        except OSError:
+            continue
+    return None
 
 
 def test_a_worker_killed_mid_episode_on_a_two_node_cluster_loses_nothing_and_runs_nothing_twice(sequential,
@@ -164,9 +181,9 @@ def test_a_worker_killed_mid_episode_on_a_two_node_cluster_loses_nothing_and_run
         while victim is None and time.monotonic() < deadline and run.poll() is None:
             recording = [b for b in (tmp_path / "bags").glob("*_s*") if not (b / "metadata.yaml").exists()
                          and any(f.stat().st_size > 20_000 for f in b.glob("*.mcap"))]  # an image recorded
-            workers = episode_workers()
-            if recording and workers:
-                victim = workers[0]
+            worker = worker_recording(recording[0]) if recording else None
+            if worker is not None:
+                victim = worker
                 os.kill(victim, signal.SIGKILL)
             time.sleep(0.5)
         output, _ = run.communicate(timeout=1200)
@@ -175,6 +192,7 @@ def test_a_worker_killed_mid_episode_on_a_two_node_cluster_loses_nothing_and_run
     cluster = json.loads(next(line for line in output.splitlines() if line.startswith('{"nodes"')))
     assert cluster == {"nodes": 2, "addresses": ["127.0.0.1"]}
     assert_same_rows(tmp_path, sequential)
+    assert rigs_started(tmp_path) == 3  # the two workers' and the replacement's
     kept = list((tmp_path / "bags").glob("*.interrupted_*"))
     assert len(kept) == 1, sorted(p.name for p in (tmp_path / "bags").iterdir())
     finished = [b for b in (tmp_path / "bags").iterdir() if ".interrupted_" not in b.name]

@@ -117,10 +117,13 @@ class LiberoEpisodes:
     def sim_time_s(self) -> float:
         return self.steps * CONTROL_PERIOD_S
 
-    def reset(self, init_state: int) -> SimObservation:
-        """Start an episode from init state ``init_state`` (0..49) and let objects settle."""
+    def reset(self, init_state: int, seed: int | None = None) -> SimObservation:
+        """Start an episode from init state ``init_state`` (0..49), seeded afresh (``seed``, or the last one),
+        so that it does not depend on the episodes before it, and let objects settle."""
         if not 0 <= init_state < len(self.init_states):
             raise ValueError(f"init_state {init_state} out of range 0..{len(self.init_states) - 1}")
+        self.seed = self.seed if seed is None else int(seed)
+        self.env.seed(self.seed)
         self.env.reset()
         self._obs = self.env.set_init_state(self.init_states[init_state])
         self.init_state = init_state

@@ -11,9 +11,10 @@ Episode events (start / success / timeout) go to ``episode_events`` as Diagnosti
 (message = event; values = suite, task_id, init_state, seed, steps, instruction, no-op steps).
 ``/diagnostics`` (each wall second): the episode, sim time, no-op steps, refused and clipped
 actions, callback errors. Topic names, types and QoS: ``vla_steering.contract``.
-Services ``~/reset`` (start an episode from the ``task_id`` and ``init_state`` parameters, which
-can be set live) and ``~/next_episode`` (the next init state) are std_srvs/Trigger; without them,
-episodes run from ``init_state`` on, one init state after another.
+Services ``~/reset`` (start an episode from the ``task_id``, ``init_state`` and ``seed`` parameters,
+which can be set live) and ``~/next_episode`` (the next init state) are std_srvs/Trigger; without them,
+episodes run from ``init_state`` on, one init state after another — or, with ``autostart`` false,
+only when ``~/reset`` asks (the bridge idles between episodes).
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ class SimBridge(Node):
             description="episodes to run (init states init_state, init_state+1, ...); 0 = until shut down"))
         self.declare_parameter("max_steps", 0, ParameterDescriptor(description="0 = the suite's limit"))
         self.declare_parameter("image_size", 256, read_only)
-        self.declare_parameter("seed", 7, read_only)
+        self.declare_parameter("seed", 7, ParameterDescriptor(
+            description="seeds the simulation at every episode's start; a set applies at ~/reset"))
+        self.declare_parameter("autostart", True, ParameterDescriptor(
+            read_only=True, description="false: run an episode only when ~/reset asks, idle between episodes"))
         self.declare_parameter("action_timeout_s", 30.0, ParameterDescriptor(
             description="wall seconds to wait for an action before a no-op step"))
         self.declare_parameter("video_dir", "", ParameterDescriptor(description="write an MP4 per episode here"))
@@ -84,6 +88,7 @@ class SimBridge(Node):
 
         self.sim = LiberoEpisodes(self.get_parameter("suite").value, self.get_parameter("task_id").value,
                                   self.get_parameter("image_size").value, self.get_parameter("seed").value)
+
         def publisher(kind: type, topic: contract.Topic):
             return self.create_publisher(kind, topic.name, qos_profile(topic))
 
@@ -196,7 +201,7 @@ class SimBridge(Node):
 
     def run_episode(self, init_state: int) -> str:
         self.no_op_steps = self.clipped_actions = self.rejected_actions = 0
-        obs = self.sim.reset(init_state)
+        obs = self.sim.reset(init_state, self.get_parameter("seed").value)
         limit = self.get_parameter("max_steps").value or self.sim.max_steps
         self.instruction_pub.publish(String(data=self.sim.instruction))
         self.event(contract.EPISODE_STARTED)
@@ -249,23 +254,44 @@ class SimBridge(Node):
         size = self.get_parameter("image_size").value
         return cv2.VideoWriter(str(Path(directory) / name), cv2.VideoWriter_fourcc(*"mp4v"), 20, (size, size))
 
+    def requested_episode(self) -> int:
+        """The init state ``~/reset`` asked for, with the simulator of its task."""
+        init_state, self._restart = self._restart, None
+        task = self.get_parameter("task_id").value
+        if task != self.sim.task_id:  # another task is another simulator
+            self.sim.close()
+            self.sim = LiberoEpisodes(self.sim.suite_name, task, self.get_parameter("image_size").value,
+                                      self.get_parameter("seed").value)
+        return init_state
+
+    def wait_for_reset(self) -> bool:
+        """Idle until ``~/reset`` asks for an episode (True) or the node shuts down (False)."""
+        while rclpy.ok() and self._restart is None:
+            time.sleep(0.02)
+        return self._restart is not None
+
     def run(self) -> None:
         episodes = self.get_parameter("episodes").value
+        autostart = self.get_parameter("autostart").value
         init_state = self.get_parameter("init_state").value
+        if not autostart:
+            if not self.wait_for_reset():
+                return
+            init_state = self.requested_episode()
         done = 0
         while rclpy.ok() and (episodes == 0 or done < episodes):
             outcome = self.run_episode(init_state)
             if outcome == "interrupted":
                 self.event(contract.EPISODE_INTERRUPTED)
-                init_state, self._restart = self._restart, None
-                task = self.get_parameter("task_id").value
-                if task != self.sim.task_id:  # another task is another simulator
-                    self.sim.close()
-                    self.sim = LiberoEpisodes(self.sim.suite_name, task, self.get_parameter("image_size").value,
-                                              self.get_parameter("seed").value)
+                init_state = self.requested_episode()
                 continue
             done += 1
-            init_state = (init_state + 1) % len(self.sim.init_states)
+            if episodes and done >= episodes:
+                return
+            if autostart:
+                init_state = (init_state + 1) % len(self.sim.init_states)
+            elif self.wait_for_reset():
+                init_state = self.requested_episode()
 
 
 def main(args=None) -> None:

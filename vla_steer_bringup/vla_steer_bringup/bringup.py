@@ -78,9 +78,10 @@ def parse_strengths(text: str) -> dict[str, float]:
 
 def sim_bridge(suite: str = "libero_spatial", task_id: int = 0, init_state: int = 0, episodes: int = 1,
                max_steps: int = 0, image_size: int = 256, video_dir: str = "", namespace: str = "",
-               seed: int | str = "") -> NodeSpec:
+               seed: int | str = "", autostart: bool = True) -> NodeSpec:
     params = {"suite": suite, "task_id": int(task_id), "init_state": int(init_state), "episodes": int(episodes),
-              "max_steps": int(max_steps), "image_size": int(image_size), "video_dir": video_dir}
+              "max_steps": int(max_steps), "image_size": int(image_size), "video_dir": video_dir,
+              "autostart": bool(autostart)}
     if seed != "":
         params["seed"] = int(seed)
     return NodeSpec("sim_bridge", "sim_bridge", "sim_bridge.node", "sim_bridge", namespace, params)
@@ -88,9 +89,10 @@ def sim_bridge(suite: str = "libero_spatial", task_id: int = 0, init_state: int 
 
 def recorder(output_dir: str = "bags", bag_name: str = "", use_sim_time: bool = True,
              namespace: str = "", split: str = "run") -> NodeSpec:
-    """bag_recorder; ``split: episode`` writes one bag per episode (sim time restarts each episode)."""
-    if split not in ("run", "episode"):
-        raise ValueError(f"split must be run or episode, got {split!r}")
+    """bag_recorder; ``split: episode`` writes one bag per episode (sim time restarts each episode),
+    ``split: request`` the bag its live ``bag_name`` names."""
+    if split not in ("run", "episode", "request"):
+        raise ValueError(f"split must be run, episode or request, got {split!r}")
     params = {"output_dir": output_dir, "bag_name": bag_name, "use_sim_time": bool(use_sim_time), "split": split}
     return NodeSpec("vla_steering_node", "bag_recorder", "vla_steering_node.recorder", "bag_recorder",
                     namespace, params)
@@ -100,15 +102,16 @@ def simulation(suite: str = "libero_spatial", task_id: int = 0, init_state: int 
                max_steps: int = 0, image_size: int = 256, policy: str = "", checkpoint: str = "",
                dictionary: str = "", strengths: str = "", record: bool = True, output_dir: str = "bags",
                bag_name: str = "", video_dir: str = "", namespace: str = "", split: str = "",
-               seed: int | str = "") -> list[NodeSpec]:
+               seed: int | str = "", autostart: bool = True) -> list[NodeSpec]:
     """The simulation flow: [recorder,] steering node (sim time, LIBERO state), LIBERO bridge. Bags are
     split per episode when a run has several (``split`` "" = episode if ``episodes`` != 1, else run).
-    ``seed`` ("" = their defaults) seeds the simulation and the policy's noise."""
+    ``seed`` ("" = their defaults) seeds the simulation and the policy's noise; ``autostart`` false:
+    the bridge runs an episode only when its ``~/reset`` asks."""
     steering = steering_node(namespace=namespace, use_sim_time=True, state_source="libero", policy=policy,
                              checkpoint=checkpoint, seed=int(seed) if seed != "" else "",
                              **{"steering.dictionary": dictionary}, **parse_strengths(strengths))
     nodes = [steering, sim_bridge(suite, task_id, init_state, episodes, max_steps, image_size, video_dir, namespace,
-                                  seed)]
+                                  seed, autostart)]
     if record:
         split = split or ("run" if int(episodes) == 1 else "episode")
         nodes.insert(0, recorder(output_dir, bag_name, True, namespace, split))

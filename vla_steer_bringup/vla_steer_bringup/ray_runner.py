@@ -1,18 +1,17 @@
 """Episodes of a study sharded over Ray workers, on this machine or a cluster, each episode run exactly once.
 
-Each worker is a Ray actor (one CPU) that runs episodes one after another exactly as the
-sequential runner does (:func:`vla_steer_bringup.evaluation.run_and_score`: its own bridge,
-steering node and recorder), in a ROS domain of its own, and returns the episode's results row;
-the driver keeps the row under the episode's key (:class:`vla_steer_bringup.results.ResultStore`)
-the moment it arrives. Nothing else is shared between episodes, so their metrics are the
-sequential run's.
+Each worker is a Ray actor (one CPU) with a simulation rig of its own in a ROS domain of its own
+(:class:`vla_steer_bringup.rig.EpisodeRunner`: bridge, steering node and recorder started once,
+kept across the worker's episodes, exactly as the sequential runner keeps its one); it returns
+each episode's results row, which the driver keeps under the episode's key
+(:class:`vla_steer_bringup.results.ResultStore`) the moment it arrives. An episode depends on its
+key only, so the metrics are the sequential run's.
 
 A worker that dies mid-episode (killed, out of memory, its node lost) loses nothing already
-kept: the driver starts a replacement worker in a fresh ROS domain (the dead worker's nodes die
-with it: :func:`vla_steer_bringup.evaluation._node_process_setup`) and gives it the episode again
-— once per death, up to ``retries`` times; the replacement finds the dead attempt's unfinished bag,
-makes it readable and keeps it aside. An episode that *fails* (the bridge exits with an error)
-fails the study, as it does sequentially.
+kept: its rig's nodes die with it; the driver starts a replacement worker in a fresh ROS domain
+and gives it the episode again — once per death, up to ``retries`` times; the replacement finds
+the dead attempt's unfinished bag, makes it readable and keeps it aside. An episode that *fails*
+(a node exits with an error) fails the study, as it does sequentially.
 
 ``ray.init()`` starts Ray on this machine (one worker per core unless told) or, given an address,
 joins that cluster; bags and results go to ``out``, which on a cluster must be storage every
@@ -33,19 +32,27 @@ DOMAINS = 100  # ROS domain ids 1..100 (0 is the default users run in)
 
 
 class EpisodeWorker:
-    """A Ray actor: runs episodes in its own ROS domain."""
+    """A Ray actor: runs episodes on its own rig, in its own ROS domain."""
 
     def __init__(self, domain_id: int):
         self.domain_id = domain_id
-        os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+        self.runner = None
 
     def run(self, config: EvalConfig, episode: Episode, out: str, dictionary: str) -> tuple[dict, dict]:
         """(the episode's results row, timings: the worker's pid and when the episode started and ended)."""
-        from vla_steer_bringup.evaluation import run_and_score
+        from vla_steer_bringup.evaluation import episode_row
+        from vla_steer_bringup.rig import EpisodeRunner
 
         started = time.time()
-        row = run_and_score(config, episode, Path(out), self.domain_id, dictionary)
+        if self.runner is None:
+            self.runner = EpisodeRunner(config, Path(out), self.domain_id, dictionary)
+        row = episode_row(config, episode, self.runner.run(episode))
         return row, {"pid": os.getpid(), "started": started, "ended": time.time()}
+
+    def close(self) -> None:
+        """Stop the rig's nodes."""
+        if self.runner is not None:
+            self.runner.close()
 
 
 def run_on_ray(config: EvalConfig, episodes: Sequence[Episode], out: Path, dictionary: str, store: ResultStore,
@@ -98,6 +105,7 @@ def run_on_ray(config: EvalConfig, episodes: Sequence[Episode], out: Path, dicti
             timings.append(timing | {"episode": episode.name, "submitted": submitted})
             idle.append(worker)
             done()
+        ray.get([worker.close.remote() for worker in idle])
         return timings
     finally:
         if started_here:

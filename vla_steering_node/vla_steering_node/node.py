@@ -4,7 +4,8 @@ Threads: the rclpy executor (subscriptions, parameter services, diagnostics time
 a background thread; inference runs in the main thread, woken as soon as a fresh primary
 camera image arrives, on the newest inputs. A slow inference therefore never blocks a
 parameter set, and a parameter set applies from the next inference (one engine update,
-pinned for a whole prediction, so never torn).
+pinned for a whole prediction, so never torn). ``~/reset`` (std_srvs/Trigger) forgets the inputs
+received so far, for a new episode (a runner that keeps the node across episodes calls it).
 
 Parameters: see ``declare_parameters`` below and the README's table. Read-only parameters are
 declared read-only: a set is refused, not silently ignored.
@@ -25,6 +26,7 @@ from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
+from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_steering import contract
@@ -50,6 +52,7 @@ from vla_steering_node.share import share_file
 # the backends' loader options as read-only parameters ("" = the backend's default)
 POLICY_OPTION_DEFAULTS = {"unnorm_key": "", "center_crop_scale": 1.0, "dtype": "bfloat16", "seed": 0, "tokenizer": "",
                           "asset_id": "", "vlm": ""}
+LIVE_OPTIONS = ("seed",)  # loader options a set changes from the next prediction (the others are read-only)
 
 
 def default_dictionary() -> str:
@@ -92,16 +95,18 @@ class VlaSteeringNode(Node):
         elif initial:
             raise ValueError(f"instruction parameter of {len(initial)} characters (at most {MAX_INSTRUCTION_CHARS})")
 
+        # state before images: the executor serves ready subscriptions in creation order, so an observation's
+        # instruction, pose and joints received with its image are taken in before the image wakes inference
+        self.create_subscription(String, contract.INSTRUCTION.name, self.on_instruction,
+                                 qos_profile(contract.INSTRUCTION))
+        self.create_subscription(PoseStamped, contract.EE_POSE.name, self.on_ee_pose, qos_profile(contract.EE_POSE))
+        self.create_subscription(JointState, contract.JOINT_STATES.name, self.on_joint_state,
+                                 qos_profile(contract.JOINT_STATES))
         for camera in self.cameras:
             for topic, kind in ((contract.camera(camera), Image),
                                 (contract.compressed_camera(camera), CompressedImage)):
                 self.create_subscription(kind, topic.name, lambda msg, c=camera: self.on_image(c, msg),
                                          qos_profile(topic))
-        self.create_subscription(JointState, contract.JOINT_STATES.name, self.on_joint_state,
-                                 qos_profile(contract.JOINT_STATES))
-        self.create_subscription(PoseStamped, contract.EE_POSE.name, self.on_ee_pose, qos_profile(contract.EE_POSE))
-        self.create_subscription(String, contract.INSTRUCTION.name, self.on_instruction,
-                                 qos_profile(contract.INSTRUCTION))
         self.action_pub = self.create_publisher(JointTrajectory, contract.ACTION_CHUNK.name,
                                                 qos_profile(contract.ACTION_CHUNK))
         self.steering_pub = self.create_publisher(DiagnosticArray, contract.STEERING_STATE.name,
@@ -109,6 +114,7 @@ class VlaSteeringNode(Node):
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, contract.DIAGNOSTICS.name,
                                                      qos_profile(contract.DIAGNOSTICS))
         self.create_timer(1.0, self.publish_diagnostics)
+        self.create_service(Trigger, "~/reset", self.on_reset)
         self._last_pose: PoseStamped | None = None
         self.get_logger().info(
             f"policy {self.policy_name!r} ready; cameras {self.cameras}; concepts {list(self.engine.concepts)}")
@@ -138,7 +144,10 @@ class VlaSteeringNode(Node):
         self.declare_parameter("instruction", "", read_only("the task until one arrives on the instruction topic"))
         for option, default in POLICY_OPTION_DEFAULTS.items():
             takers = [f"{name}: {options[option]}" for name, options in POLICY_OPTIONS.items() if option in options]
-            self.declare_parameter(option, default, read_only("; ".join(takers)))
+            description = "; ".join(takers)
+            self.declare_parameter(option, default, ParameterDescriptor(
+                description=description + " (applies from the next prediction)") if option in LIVE_OPTIONS
+                else read_only(description))
 
         self.policy_name = self.get_parameter("policy").value
         self.cameras = list(self.get_parameter("cameras").value)
@@ -168,10 +177,22 @@ class VlaSteeringNode(Node):
                 return SetParametersResult(successful=False, reason="control_rate_hz must be in (0, 1000]")
             if p.name == "execute_steps" and not (isinstance(p.value, int) and p.value >= 0):
                 return SetParametersResult(successful=False, reason="execute_steps must be an integer >= 0")
+            if p.name == "seed" and not isinstance(p.value, int):
+                return SetParametersResult(successful=False, reason="seed must be an integer")
         return steering_parameters.validate(self.engine, parameters)
 
     def apply_parameters(self, parameters) -> None:
         steering_parameters.apply(self.engine, parameters)
+        for p in parameters:
+            if p.name in LIVE_OPTIONS and hasattr(self.policy.policy, p.name):
+                setattr(self.policy.policy, p.name, p.value)
+
+    def on_reset(self, request, response):
+        """Forget the inputs received so far: the next episode's first observation is answered, whatever its stamp."""
+        self.buffer.clear(self.get_parameter("instruction").value)
+        self._last_pose = None
+        response.success, response.message = True, "inputs cleared"
+        return response
 
     # ------------------------------------------------------------------ inputs
     def reject(self, text: str) -> None:

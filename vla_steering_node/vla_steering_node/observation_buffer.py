@@ -5,7 +5,8 @@ in place. Camera images and the robot state are streams, stale when older than a
 A new primary-camera image marks the buffer fresh; if the previous fresh image was never
 consumed, it counts as dropped. An image whose stamp is that of the observation already
 answered (a bridge re-sending an unanswered observation while a slow policy still works on
-it) is kept but does not mark the buffer fresh: one observation, one inference.
+it) is kept but does not mark the buffer fresh: one observation, one inference. ``clear`` forgets
+everything (a new episode: its first observation may carry a stamp the last episode answered).
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ class ObservationBuffer:
         with self._lock:
             self._instruction = text
         return True
+
+    def clear(self, instruction: str = "") -> None:
+        """Forget every input and which observation was answered; ``instruction`` (if any) is the task again."""
+        with self._lock:
+            self._images.clear()
+            self._state = None
+            self._instruction = instruction if instruction.strip() else ""
+            self._fresh = False
+            self._answered_ns = self._fresh_ns = None
 
     def wait_fresh(self, timeout_s: float) -> bool:
         with self._lock:

@@ -3,7 +3,11 @@
 Every message received is written as the CDR bytes DDS delivered (``raw`` subscriptions), with
 the node clock's time (sim time under ``use_sim_time``). ``split: run`` (default) writes one bag;
 ``split: episode`` starts a new bag at each ``start`` episode event, named
-``<bag_name>_<suite>_t<task>_i<init state>_<time>``. Counts per topic are in the bag's
+``<bag_name>_<suite>_t<task>_i<init state>_<time>``. ``split: request`` records into the bag
+``bag_name`` names, live: setting it closes the current bag and opens that one, setting it to ""
+closes it and records nothing until the next name (what arrives meanwhile is counted as not
+recorded) — a runner that keeps the recorder across episodes names each episode's bag before
+the episode starts and closes it after its end event. Counts per topic are in the bag's
 metadata. SIGINT / SIGTERM close the bag (a second signal waits for the close); every message is
 on disk as soon as it is written, so a killed recorder, or one whose disk filled up, leaves a bag
 that ``vla-steer reindex`` makes readable with every message written before the fault. An
@@ -17,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 
 from vla_steering import contract
@@ -26,6 +30,7 @@ from vla_steering_node import process
 from vla_steering_node.conversions import message_class, qos_profile
 
 RECORDER_DEPTH = 200  # deep queues: the recorder must keep up with bursts
+SPLITS = ("run", "episode", "request")
 
 
 def recorded_qos(name: str, msgtype: str):
@@ -40,17 +45,21 @@ class BagRecorder(Node):
         super().__init__("bag_recorder")
         read_only = ParameterDescriptor(read_only=True)
         self.declare_parameter("output_dir", "bags", read_only)
+        self.declare_parameter("split", "run", ParameterDescriptor(
+            read_only=True, description="run: one bag; episode: a new bag at each episode start event; "
+                                        "request: the bag bag_name names, live"))
+        split = self.get_parameter("split").value
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.declare_parameter("bag_name", "", ParameterDescriptor(
-            read_only=True, description="bag directory name; default run_<wall time>"))
+            read_only=split != "request",
+            description="bag directory name; default run_<wall time>" if split != "request" else
+            "the bag to record into; a set closes the current one and opens this one ('' = record nothing)"))
         self.declare_parameter("topics", [t.entry() for t in contract.RECORDED], ParameterDescriptor(
             read_only=True, description="topic:package/msg/Type entries"))
-        self.declare_parameter("split", "run", ParameterDescriptor(
-            read_only=True, description="run: one bag; episode: a new bag at each episode start event"))
-        if self.get_parameter("split").value not in ("run", "episode"):
-            raise ValueError("split must be 'run' or 'episode'")
-        self.name = self.get_parameter("bag_name").value or time.strftime("run_%Y%m%d_%H%M%S")
+        name = self.get_parameter("bag_name").value
+        self.name = name if split == "request" else name or time.strftime("run_%Y%m%d_%H%M%S")
         self.output_dir = Path(self.get_parameter("output_dir").value).expanduser()
-        path = self.output_dir / self.name
         topics = []
         for entry in self.get_parameter("topics").value:
             topic, _, msgtype = entry.rpartition(":")
@@ -58,15 +67,45 @@ class BagRecorder(Node):
                 raise ValueError(f"topic entry {entry!r} is not topic:package/msg/Type")
             topics.append((self.resolve_topic_name(topic), msgtype))
         self.topics = topics
-        self.bag = BagWriter(path, topics)
-        self.bags = [self.bag]
+        self.bag: BagWriter | None = None
+        self.bags: list[BagWriter] = []
+        self.open(self.name)
         self.received: Counter[str] = Counter()
+        self.unrecorded: Counter[str] = Counter()  # received while no bag was named (split: request)
         self.events_topic = self.resolve_topic_name(contract.EPISODE_EVENTS.name)
         for (topic, msgtype), entry in zip(topics, self.get_parameter("topics").value):
             relative = entry.rpartition(":")[0]
             self.create_subscription(message_class(msgtype), relative, lambda data, t=topic: self.on_message(t, data),
                                      recorded_qos(relative, msgtype), raw=True)
-        self.get_logger().info(f"recording {len(topics)} topics into {path}")
+        if split == "request":
+            self.add_on_set_parameters_callback(self.validate_bag_name)
+            self.add_post_set_parameters_callback(self.on_bag_name)
+        self.get_logger().info(f"recording {len(topics)} topics into "
+                               f"{self.bag.path if self.bag else 'the bag bag_name will name'}")
+
+    def open(self, name: str) -> None:
+        """Close the current bag; record into ``output_dir/name`` from now on (nothing, for "")."""
+        self.close_current()
+        if name:
+            self.bag = BagWriter(self.output_dir / name, self.topics)
+            self.bags.append(self.bag)
+
+    def validate_bag_name(self, parameters) -> SetParametersResult:
+        for p in parameters:
+            if p.name == "bag_name" and (not isinstance(p.value, str) or "/" in p.value or p.value in (".", "..")):
+                return SetParametersResult(successful=False, reason="bag_name must be a directory name (no '/')")
+            if p.name == "bag_name" and p.value and (self.output_dir / p.value).exists():
+                return SetParametersResult(successful=False, reason=f"{self.output_dir / p.value} exists already")
+        return SetParametersResult(successful=True)
+
+    def on_bag_name(self, parameters) -> None:
+        for p in parameters:
+            if p.name == "bag_name":
+                try:
+                    self.open(p.value)
+                except BagError as error:  # e.g. the disk is full: say so, record nothing until another name
+                    self.get_logger().error(str(error))
+                self.get_logger().info(f"recording into {self.bag.path}" if self.bag else "recording paused")
 
     def maybe_split(self, data: bytes) -> None:
         """At an episode's start event, close the current bag and open the episode's own."""
@@ -76,15 +115,15 @@ class BagRecorder(Node):
         event = deserialize_message(data, DiagnosticStatus)
         if event.message != contract.EPISODE_STARTED:
             return
-        path = self.output_dir / _episode_bag_name(self.name, event)
-        self.close_current()
-        self.bag = BagWriter(path, self.topics)
-        self.bags.append(self.bag)
-        self.get_logger().info(f"episode started: recording into {path}")
+        self.open(_episode_bag_name(self.name, event))
+        self.get_logger().info(f"episode started: recording into {self.bag.path}")
 
     def close_current(self) -> None:
+        bag, self.bag = self.bag, None
+        if bag is None:
+            return
         try:
-            self.bag.close()
+            bag.close()
         except BagError as error:
             self.get_logger().error(str(error))
 
@@ -92,6 +131,9 @@ class BagRecorder(Node):
         self.received[topic] += 1
         if topic == self.events_topic and self.get_parameter("split").value == "episode":
             self.maybe_split(data)
+        if self.bag is None:
+            self.unrecorded[topic] += 1
+            return
         try:
             self.bag.write(topic, self.get_clock().now().nanoseconds, data)
         except (BagError, OSError) as error:  # e.g. the disk filled up: say so, keep what is written
@@ -115,8 +157,11 @@ def close_bag(node: BagRecorder) -> None:
     for bag in node.bags:
         written.update(bag.counts)
     counts = ", ".join(f"{t} {n}" for t, n in sorted(written.items()))
-    lost = {t: n - written[t] for t, n in node.received.items() if n != written[t]}
+    lost = {t: n - written[t] - node.unrecorded[t] for t, n in node.received.items()
+            if n != written[t] + node.unrecorded[t]}
     verdict = f"NOT WRITTEN: {lost}" if lost else "every received message written"
+    if node.unrecorded:
+        verdict += f"; received while no bag was named, not recorded: {dict(node.unrecorded)}"
     paths = ", ".join(str(b.path) for b in node.bags)
     print(f"[bag_recorder] closed {paths}: {counts or 'no messages'}; {verdict}", flush=True)
 
