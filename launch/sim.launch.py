@@ -25,8 +25,10 @@ ARGUMENTS = {
     "record": ("true", "record a rosbag2 (MCAP) bag"),
     "output_dir": ("bags", "where bags go"),
     "bag_name": ("", "the bag's name (default: run_<time>)"),
-    "split": ("", "run: one bag; episode: one bag per episode (default when episodes != 1)"),
+    "split": ("", "run: one bag; episode: one bag per episode (default when episodes != 1); "
+                  "request: the bag the recorder's live bag_name names"),
     "seed": ("", "seeds the simulation and the policy's noise (default: theirs)"),
+    "autostart": ("true", "false: the bridge runs an episode only when its ~/reset asks"),
     "video_dir": ("", "write an MP4 per episode here"),
     "namespace": ("", "namespace for all nodes"),
     "headless": ("true", "render offscreen with EGL (MUJOCO_GL=egl)"),
@@ -37,6 +39,7 @@ def start(context):
     values = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     headless = values.pop("headless").lower() == "true"
     values["record"] = values["record"].lower() == "true"
+    values["autostart"] = values["autostart"].lower() == "true"
     actions = [SetEnvironmentVariable("MUJOCO_GL", "egl")] if headless else []
     for spec in bringup.simulation(**values):
         actions.append(Node(package=spec.package, executable=spec.executable, name=spec.name,
