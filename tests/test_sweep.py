@@ -124,7 +124,23 @@ def rigs_started(out: Path) -> int:
 
 
 def test_the_sequential_run_keeps_one_rig_for_all_its_episodes(sequential):
-    assert rigs_started(sequential) == 1 and len(list((sequential / "bags").iterdir())) == 4
+    """One rig for the 4 episodes, and each bag is logged on its own episode's sim time (which starts again at 0
+    each episode): the instruction and the start event no later than the first image, so every recorded
+    observation reads back with its instruction (what mining and counterfactual replay take)."""
+    from vla_steering import contract
+    from vla_steering_node.counterfactual import recorded_steps
+
+    bags = sorted((sequential / "bags").iterdir())
+    assert rigs_started(sequential) == 1 and len(bags) == 4
+    for bag in bags:
+        first = {}
+        for m in read_bag(bag):
+            first.setdefault(m.topic, m.timestamp_ns)
+        image = first[contract.camera("agentview").in_bag]
+        assert first[contract.INSTRUCTION.in_bag] <= image and first[contract.EPISODE_EVENTS.in_bag] <= image, bag
+        steps = list(recorded_steps(bag, ["agentview", "wrist"], "libero",
+                                    ["gripper_finger_left", "gripper_finger_right"]))
+        assert steps and all(observation.instruction for _, observation, _ in steps), bag.name
 
 
 def run_on_a_test_cluster(prefix: list[str], out: Path) -> subprocess.Popen:

@@ -203,6 +203,9 @@ class SimBridge(Node):
         self.no_op_steps = self.clipped_actions = self.rejected_actions = 0
         obs = self.sim.reset(init_state, self.get_parameter("seed").value)
         limit = self.get_parameter("max_steps").value or self.sim.max_steps
+        # sim time starts again at 0 before the episode's first message: a recorder on sim time (kept across
+        # episodes) logs the instruction and the start event at the episode's time, not at the last one's end
+        self.clock_pub.publish(Clock(clock=sim_stamp(self.sim.sim_time_s)))
         self.instruction_pub.publish(String(data=self.sim.instruction))
         self.event(contract.EPISODE_STARTED)
         video = self.open_video()
