@@ -39,6 +39,7 @@ from vla_steer_bringup import bringup
 from vla_steer_bringup.study import Episode, EvalConfig
 from vla_steering import contract
 from vla_steering.bags import BagError, reindex
+from vla_steering_node.steering_parameters import strength_name
 
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the forked child must not import or load
 PR_SET_PDEATHSIG = 1
@@ -155,7 +156,7 @@ class SimulationRig:
         # every concept a condition names is set each episode: to its strength there, or the node's default
         concepts = sorted({c for condition in self.config.conditions
                            for c in {**condition.strengths, **condition.live_strengths}})
-        names = [f"steering.{c}.strength" for c in concepts]
+        names = [strength_name(c) for c in concepts]
         getter = self.node.create_client(GetParameters, f"{steering.full_name}/get_parameters")
         values = self._call(getter, GetParameters.Request(names=names)).values
         self.defaults = {c: v.double_value for c, v in zip(concepts, values, strict=True)}
@@ -213,7 +214,7 @@ class SimulationRig:
         condition = self.config.condition(episode.condition)
         self._set(self.recorder, {"bag_name": name}, "the recorder")
         strengths = {c: float(condition.strengths.get(c, default)) for c, default in self.defaults.items()}
-        self._set(self.steering, {**{f"steering.{c}.strength": v for c, v in strengths.items()},
+        self._set(self.steering, {**{strength_name(c): v for c, v in strengths.items()},
                                   "seed": episode.seed}, "the steering node")
         self._trigger(self.steering_reset)
         video = str(self.out / "videos" / name) if self.config.video else ""
@@ -229,7 +230,7 @@ class SimulationRig:
             started = any(e.message == contract.EPISODE_STARTED for e in self.events)
             if live and started and self.sim_time_s >= condition.live_at_step * contract.CONTROL_PERIOD_S - 1e-9:
                 live = False
-                self._set(self.steering, {f"steering.{c}.strength": float(v)
+                self._set(self.steering, {strength_name(c): float(v)
                                           for c, v in condition.live_strengths.items()}, "the steering node")
             self._spin_once(deadline, what)
         self._set(self.recorder, {"bag_name": ""}, "the recorder")
