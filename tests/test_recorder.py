@@ -152,6 +152,45 @@ def test_on_request_each_bag_is_the_one_bag_name_names(node, tmp_path):
     assert "NOT WRITTEN" not in process.output()
 
 
+def test_on_request_a_bag_closed_mid_episode_waits_for_its_end_event(node, tmp_path):
+    """A rig closes an episode's bag when it sees the end event itself, which may be before the recorder
+    got it: the bag stays open until the end event is written, then closes; a bag without an episode
+    in it closes at once."""
+    from vla_steering_node.parameter_client import ParameterClient
+
+    process = start(tmp_path, name=None, split="request")
+    events = node.create_publisher(DiagnosticStatus, "episode_events", QoSProfile(
+        depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    actions = node.create_publisher(JointTrajectory, "action_chunk", QoSProfile(depth=200))
+    assert wait_for(lambda: actions.get_subscription_count() > 0 and events.get_subscription_count() > 0, 60)
+    client = ParameterClient(node, "/bag_recorder")
+
+    def set_name(name: str) -> None:
+        future = client.set_async({"bag_name": name})
+        assert wait_for(future.done, 30, lambda s: rclpy.spin_once(node, timeout_sec=s))
+        assert future.result().result.successful
+
+    set_name("episode")
+    events.publish(DiagnosticStatus(name="episode", message="start"))
+    actions.publish(action(0))
+    spin(node, 0.5)
+    set_name("")
+    spin(node, 0.5)
+    assert not (tmp_path / "episode" / "metadata.yaml").exists()  # its end event has not come yet
+    actions.publish(action(1))
+    events.publish(DiagnosticStatus(name="episode", message="timeout"))
+    assert wait_for(lambda: (tmp_path / "episode" / "metadata.yaml").exists(), 30,
+                    lambda s: rclpy.spin_once(node, timeout_sec=s)), process.output()
+    set_name("no_episode")
+    actions.publish(action(2))
+    spin(node, 0.5)
+    set_name("")
+    assert (tmp_path / "no_episode" / "metadata.yaml").exists()
+    assert process.stop() == 0, process.output()
+    assert bag_counts(tmp_path / "episode")["/episode_events"] == 2
+    assert recorded_stamps(tmp_path / "episode") == [0, 1] and recorded_stamps(tmp_path / "no_episode") == [2]
+
+
 def publish_actions(node, process, count: int, pause_s: float = 0.0) -> None:
     actions = node.create_publisher(JointTrajectory, "action_chunk", QoSProfile(depth=200))
     assert wait_for(lambda: actions.get_subscription_count() > 0, 60), process.output()

@@ -7,7 +7,9 @@ the node clock's time (sim time under ``use_sim_time``). ``split: run`` (default
 ``bag_name`` names, live: setting it closes the current bag and opens that one, setting it to ""
 closes it and records nothing until the next name (what arrives meanwhile is counted as not
 recorded) — a runner that keeps the recorder across episodes names each episode's bag before
-the episode starts and closes it after its end event. Counts per topic are in the bag's
+the episode starts and closes it after its end event. A "" set while the bag holds an episode's
+start event but not yet its end event closes the bag once that end event is written (the runner
+saw the event on its own subscription; it may not have reached the recorder yet). Counts per topic are in the bag's
 metadata. SIGINT / SIGTERM close the bag (a second signal waits for the close); every message is
 on disk as soon as it is written, so a killed recorder, or one whose disk filled up, leaves a bag
 that ``vla-steer reindex`` makes readable with every message written before the fault. An
@@ -69,6 +71,8 @@ class BagRecorder(Node):
         self.topics = topics
         self.bag: BagWriter | None = None
         self.bags: list[BagWriter] = []
+        self.episode_open = False  # split request: the bag holds an episode's start event, not yet its end
+        self.close_at_end = False  # "" was set during that episode: close once its end event is written
         self.open(self.name)
         self.received: Counter[str] = Counter()
         self.unrecorded: Counter[str] = Counter()  # received while no bag was named (split: request)
@@ -86,6 +90,7 @@ class BagRecorder(Node):
     def open(self, name: str) -> None:
         """Close the current bag; record into ``output_dir/name`` from now on (nothing, for "")."""
         self.close_current()
+        self.episode_open = self.close_at_end = False
         if name:
             self.bag = BagWriter(self.output_dir / name, self.topics)
             self.bags.append(self.bag)
@@ -101,22 +106,32 @@ class BagRecorder(Node):
     def on_bag_name(self, parameters) -> None:
         for p in parameters:
             if p.name == "bag_name":
+                if not p.value and self.bag is not None and self.episode_open:
+                    self.close_at_end = True
+                    self.get_logger().info(f"closing {self.bag.path} after its episode's end event")
+                    continue
                 try:
                     self.open(p.value)
                 except BagError as error:  # e.g. the disk is full: say so, record nothing until another name
                     self.get_logger().error(str(error))
                 self.get_logger().info(f"recording into {self.bag.path}" if self.bag else "recording paused")
 
-    def maybe_split(self, data: bytes) -> None:
+    def maybe_split(self, event) -> None:
         """At an episode's start event, close the current bag and open the episode's own."""
-        from diagnostic_msgs.msg import DiagnosticStatus
-        from rclpy.serialization import deserialize_message
-
-        event = deserialize_message(data, DiagnosticStatus)
         if event.message != contract.EPISODE_STARTED:
             return
         self.open(_episode_bag_name(self.name, event))
         self.get_logger().info(f"episode started: recording into {self.bag.path}")
+
+    def track_episode(self, event) -> None:
+        """split: request: note an episode's start and end in the current bag; close it at the end if asked."""
+        if event.message == contract.EPISODE_STARTED:
+            self.episode_open = True
+        elif event.message in contract.EPISODE_OUTCOMES:
+            self.episode_open = False
+            if self.close_at_end:
+                self.open("")
+                self.get_logger().info("episode ended: recording paused")
 
     def close_current(self) -> None:
         bag, self.bag = self.bag, None
@@ -129,8 +144,10 @@ class BagRecorder(Node):
 
     def on_message(self, topic: str, data: bytes) -> None:
         self.received[topic] += 1
-        if topic == self.events_topic and self.get_parameter("split").value == "episode":
-            self.maybe_split(data)
+        split = self.get_parameter("split").value
+        event = _event(data) if topic == self.events_topic and split != "run" else None
+        if event is not None and split == "episode":
+            self.maybe_split(event)
         if self.bag is None:
             self.unrecorded[topic] += 1
             return
@@ -138,6 +155,15 @@ class BagRecorder(Node):
             self.bag.write(topic, self.get_clock().now().nanoseconds, data)
         except (BagError, OSError) as error:  # e.g. the disk filled up: say so, keep what is written
             self.get_logger().error(f"could not write a {topic} message: {error}", throttle_duration_sec=2.0)
+        if event is not None and split == "request":
+            self.track_episode(event)
+
+
+def _event(data: bytes):
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from rclpy.serialization import deserialize_message
+
+    return deserialize_message(data, DiagnosticStatus)
 
 
 def _episode_bag_name(base: str, event) -> str:
