@@ -5,9 +5,11 @@ on 127.0.0.1): the CI sweep (``config/eval_sweep_ci.yaml``, 4 episodes) and the 
 seeds (``--seeds N``, default 6: 2N episodes), each sequentially and on 2 Ray workers
 (``ray.init()`` here): wall time of the whole study (starting the rigs included), the steady rate
 once every rig is up, and their ratios; what Ray adds (its start; the wait from submitting an
-episode to its worker starting it); and what batching observations could gain on this CPU: the demo
-VLA's time for a batch of 2 observations against 2 single ones (a batching policy actor is not
-built: see BENCHMARKS.md).
+episode to its worker starting it); the batching policy actor off and on (``--batch 2``: one policy
+server for both workers) on the larger grid, with the batch sizes it formed and the steering nodes'
+peak memory; and what batching can gain on this CPU where requests do coincide: the demo VLA's time
+for a batch of 2 observations against 2 single ones, and a policy server's predictions per second
+for 2 clients sending back to back, batching 2 against 1.
 
 Run (as root): PYTHONPATH=vla_steering_node:vla_steer_bringup:sim_bridge .venv/bin/python benchmarks/sweep.py
 [--max-steps N] [--seeds N]
@@ -19,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -65,40 +68,127 @@ def steady_rate(times: list[float], workers: int) -> float:
     return (len(times) - workers) / (times[-1] - times[workers - 1]) * 3600
 
 
-def measure(config, scratch: Path, label: str) -> None:
-    """The study sequentially, then on 2 Ray workers (``ray.init()`` here): wall time, steady rate, Ray's part."""
+class NodeMemory:
+    """The peak resident memory of every steering node process seen while it runs (sampled twice a second)."""
+
+    def __init__(self):
+        self.peaks: dict[int, int] = {}
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while self.running:
+            for entry in Path("/proc").iterdir():
+                try:
+                    if entry.name.isdigit() and b"vla_steering_node.node" in (entry / "cmdline").read_bytes():
+                        rss = next(int(line.split()[1]) for line in (entry / "status").read_text().splitlines()
+                                   if line.startswith("VmRSS:"))
+                        self.peaks[int(entry.name)] = max(self.peaks.get(int(entry.name), 0), rss * 1024)
+                except (OSError, StopIteration):
+                    continue
+            time.sleep(0.5)
+
+    def stop(self) -> str:
+        self.running = False
+        self.thread.join()
+        return ", ".join(f"{peak / 2**20:.0f}" for peak in sorted(self.peaks.values())) + " MiB"
+
+
+def on_ray(config, out: Path, batch: int = 0) -> dict:
+    """The study on 2 Ray workers (``ray.init()`` here; with ``batch``, one policy server batching for both)."""
     import ray
 
-    from vla_steer_bringup.evaluation import evaluate
     from vla_steer_bringup.ray_runner import run_on_ray
     from vla_steer_bringup.results import ResultStore
     from vla_steer_bringup.study import study_dictionary
+
+    memory = NodeMemory()
+    start = time.time()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray_start = time.time() - start
+    timings = run_on_ray(config, config.episodes(), out, study_dictionary(config, out), ResultStore(out), workers=2,
+                         max_batch=batch)
+    wall = time.time() - start
+    ray.shutdown()
+    waits = [t["started"] - t["submitted"] for t in timings]
+    served = (out / "logs" / "policy_server.json")
+    return {"wall": wall, "start": start, "times": completion_times(out), "ray_start": ray_start, "waits": waits,
+            "node_memory": memory.stop(), "batches": served.read_text() if served.exists() else "no server"}
+
+
+def measure(config, scratch: Path, label: str, batching_actor: bool = False) -> None:
+    """The study sequentially, then on 2 Ray workers (``ray.init()`` here): wall time, steady rate, Ray's part;
+    with ``batching_actor`` also on 2 workers served by one policy server batching up to 2 observations."""
+    from vla_steer_bringup.evaluation import evaluate
 
     episodes = len(config.episodes())
     sequential_start = time.time()
     evaluate(config, scratch / f"{label}_sequential", progress=False)
     sequential = time.time() - sequential_start
     sequential_times = completion_times(scratch / f"{label}_sequential")
-    start = time.time()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray_start = time.time() - start
-    out = scratch / f"{label}_ray"
-    timings = run_on_ray(config, config.episodes(), out, study_dictionary(config, out), ResultStore(out), workers=2)
-    sharded = time.time() - start
-    ray.shutdown()
-    sharded_times = completion_times(out)
-    waits = [t["started"] - t["submitted"] for t in timings]
+    sharded = on_ray(config, scratch / f"{label}_ray")
     per_hour = lambda seconds: episodes / seconds * 3600  # noqa: E731
     print(f"{label}: {episodes} episodes of {config.max_steps} steps; whole study incl. starting: sequential "
-          f"{sequential:.1f} s ({per_hour(sequential):.0f} episodes/h), 2 Ray workers {sharded:.1f} s incl. Ray's "
-          f"start ({per_hour(sharded):.0f} episodes/h): ratio {sequential / sharded:.2f}; first result after "
-          f"{sequential_times[0] - sequential_start:.1f} s / {sharded_times[0] - start:.1f} s")
+          f"{sequential:.1f} s ({per_hour(sequential):.0f} episodes/h), 2 Ray workers {sharded['wall']:.1f} s incl. "
+          f"Ray's start ({per_hour(sharded['wall']):.0f} episodes/h): ratio {sequential / sharded['wall']:.2f}; "
+          f"first result after {sequential_times[0] - sequential_start:.1f} s / "
+          f"{sharded['times'][0] - sharded['start']:.1f} s")
     if episodes > 4:
-        rates = steady_rate(sequential_times, 1), steady_rate(sharded_times, 2)
+        rates = steady_rate(sequential_times, 1), steady_rate(sharded["times"], 2)
         print(f"{label}: steady rate (rigs up): sequential {rates[0]:.0f} episodes/h, 2 workers {rates[1]:.0f} "
               f"episodes/h: ratio {rates[1] / rates[0]:.2f}")
-    print(f"{label}: Ray start {ray_start:.1f} s; submit-to-start wait per episode: mean "
+    waits = sharded["waits"]
+    print(f"{label}: Ray start {sharded['ray_start']:.1f} s; submit-to-start wait per episode: mean "
           f"{sum(waits) / len(waits):.2f} s (max {max(waits):.2f})")
+    if batching_actor:
+        served = on_ray(config, scratch / f"{label}_ray_batch", batch=2)
+        print(f"{label}: 2 workers, batching actor off / on: whole study {sharded['wall']:.1f} s / "
+              f"{served['wall']:.1f} s; steady rate {steady_rate(sharded['times'], 2):.0f} / "
+              f"{steady_rate(served['times'], 2):.0f} episodes/h: ratio "
+              f"{steady_rate(served['times'], 2) / steady_rate(sharded['times'], 2):.2f}; batches {served['batches']}; "
+              f"steering node peak RSS {sharded['node_memory']} / {served['node_memory']}")
+
+
+async def two_clients(server, observations, states, requests: int) -> float:
+    """Predictions per second for 2 clients, each sending its next observation when its last is answered."""
+    import asyncio
+
+    async def client(i: int, count: int) -> None:
+        for _ in range(count):
+            await server.act(observations[i], states[i], {})
+
+    await client(0, 1)  # warm up
+    start = time.perf_counter()
+    await asyncio.gather(client(0, requests), client(1, requests))
+    return 2 * requests / (time.perf_counter() - start)
+
+
+def server_throughput(requests: int = 40) -> str:
+    """Two clients sending observations back to back to a policy server (in this process, no simulator):
+    predictions per second with batches of up to 2 against up to 1."""
+    import asyncio
+
+    import numpy as np
+
+    from vla_steering.policies.base import Observation
+    from vla_steering.policies.demo_vla import render_scene
+    from vla_steering.policy_server import PolicyServer, PolicySpec
+    from vla_steering.steering import SteeringControls
+
+    rng = np.random.default_rng(0)
+    observations = [Observation({"agentview": render_scene(side, "red", rng)}, np.zeros(8, np.float32), "move up")
+                    for side in ("left", "right")]
+    rates = {}
+    for max_batch in (1, 2):
+        server = PolicyServer(PolicySpec("demo", dictionary=str(ROOT / "config" / "demo_vla_dictionary.yaml")),
+                              max_batch=max_batch)
+        controls = SteeringControls(server.describe()["dictionary"], 20.0)
+        states = [controls.state, controls.set_strength("up", 2.0)]  # the two clients steer differently
+        rates[max_batch] = asyncio.run(two_clients(server, observations, states, requests)), server.stats()
+        server.steered.engine.remove()
+    return (f"policy server, 2 clients back to back: {rates[1][0]:.2f} predictions/s unbatched, {rates[2][0]:.2f} "
+            f"batching 2: ratio {rates[2][0] / rates[1][0]:.2f}; batches {rates[2][1]}")
 
 
 def inside() -> None:
@@ -111,8 +201,10 @@ def inside() -> None:
     seeds = int(sys.argv[sys.argv.index("--seeds") + 1]) if "--seeds" in sys.argv else 6
     with tempfile.TemporaryDirectory() as scratch:
         measure(config, Path(scratch), "CI sweep")
-        measure(replace(config, seeds=list(range(7, 7 + seeds))), Path(scratch), f"CI sweep x {seeds} seeds")
+        measure(replace(config, seeds=list(range(7, 7 + seeds))), Path(scratch), f"CI sweep x {seeds} seeds",
+                batching_actor=True)
     print(f"demo VLA, one batch of 2 observations / 2 single: {batching():.3f} (median of 20)")
+    print(server_throughput())
 
 
 def main() -> None:

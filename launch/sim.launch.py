@@ -30,6 +30,8 @@ ARGUMENTS = {
     "seed": ("", "seeds the simulation and the policy's noise (default: theirs)"),
     "autostart": ("true", "false: the bridge runs an episode only when its ~/reset asks"),
     "video_dir": ("", "write an MP4 per episode here"),
+    "policy_server": ("", "the steering node sends its observations to this Ray policy server (default: none)"),
+    "ray_address": ("", "that server's Ray cluster (default: auto)"),
     "namespace": ("", "namespace for all nodes"),
     "headless": ("true", "render offscreen with EGL (MUJOCO_GL=egl)"),
 }

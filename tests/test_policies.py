@@ -198,3 +198,25 @@ def test_demo_vla_training_is_deterministic():
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         if not name.startswith("backbone."):
             assert torch.equal(x, y), name
+
+
+def test_demo_vla_rows_in_one_forward_equal_each_row_alone(demo):
+    """What a policy server runs: several clients' observations, each with its own steering state, in one
+    forward; each row's chunk is its observation's alone, and a bad observation fails its row only."""
+    dictionary = load_dictionary(DEMO_DICTIONARY, intermediate_size=1536)
+    engine = SteeringEngine(demo.model, dictionary)
+    policy = SteeredPolicy(demo, engine)
+    try:
+        states = [engine.set_strength("up", 0.0), engine.set_strength("up", 2.0)]
+        observations = [observation("move left", seed=1), observation("move left", seed=2),
+                        observation("   "), observation("reach the block", seed=3)]
+        rows = policy.act_rows(observations, [states[0], states[1], states[0], states[1]], [{"seed": 1}] * 4)
+        assert isinstance(rows[2], ObservationError)
+        for i in (0, 1, 3):
+            engine.set_strength("up", rows[i].steering.strengths.get("up", 0.0))
+            alone = policy.act(observations[i])
+            assert rows[i].steering.strengths == alone.steering.strengths
+            np.testing.assert_allclose(rows[i].actions, alone.actions, atol=1e-4)  # a batch's own rounding
+        assert rows[1].actions[0, 2] > rows[0].actions[0, 2] + 0.2  # 'up' steers its own row only
+    finally:
+        engine.remove()

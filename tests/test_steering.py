@@ -227,3 +227,29 @@ def test_real_smollm2_up_concept_shifts_next_token_toward_up(smollm2, smollm2_pr
             assert steered_random < base + 0.05, (prompt, base, steered_random)
     finally:
         engine.remove()
+
+
+def test_rows_pinned_each_to_its_own_state_equal_each_row_alone(llama):
+    """A policy server batching clients steered differently: row i of a call gets state i (clamp, scale and
+    add), exactly what that state gives the row alone; a call of another batch size is refused."""
+    concepts = dictionary(c=Concept("c", ((1, 4),), mode="clamp"), a=Concept("a", ((2, 1), (2, 2)), mode="add"),
+                          s=Concept("s", ((0, 7),), mode="scale"))
+    engine = SteeringEngine(llama, concepts)
+    states = [engine.set_strengths({"c": 3.0, "a": 0.0, "s": 0.0}), engine.set_strengths({"c": 0.0, "s": 0.0}),
+              engine.set_strengths({"a": -2.0, "s": 4.0})]
+    engine.set_strengths({"a": 0.0, "s": 0.0})  # the engine's own state is none of them
+    alone = []
+    for state in states:
+        with engine.applied_rows([state]):
+            alone.append(logits(llama))
+    assert not torch.allclose(alone[0], alone[1]) and not torch.allclose(alone[1], alone[2])
+    with engine.applied_rows(states):
+        rows = logits(llama, IDS.repeat(3, 1))
+    for i in range(3):
+        torch.testing.assert_close(rows[i:i + 1], alone[i], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alone[1], logits(llama))  # unsteered, as the engine's own state
+    with engine.applied_rows(states[:2]), pytest.raises(RuntimeError, match="pinned for 2 batch rows"):
+        logits(llama, IDS.repeat(3, 1))
+    with pytest.raises(ValueError, match="outside"):
+        engine.plan_for(type(states[0])(True, "dictionary", {"c": 1e6}, 0))
+    engine.remove()

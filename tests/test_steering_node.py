@@ -383,3 +383,11 @@ def test_a_parameter_flood_never_stalls_inference(running):
         assert float({kv.key: kv.value for kv in state.values}["strength.up"]) == last_value
     finally:
         assert client.set("steering.up.strength", 0.0).successful
+
+
+def test_a_policy_server_nothing_answers_for_stops_the_start_with_the_reason(tmp_path):
+    """policy_server at a Ray address nothing listens on: a clear refusal in seconds, not ray.init's minutes."""
+    node = NodeProcess("vla_steering_node.node", DOMAIN, {"policy_server": "policy", "ray_address": "127.0.0.1:9"},
+                       log=tmp_path / "node.log")
+    assert node.process.wait(60) == 1
+    assert "cannot start: nothing answers at the Ray address '127.0.0.1:9'" in node.output(), node.output()

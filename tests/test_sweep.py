@@ -1,9 +1,10 @@
 """Evaluation at scale: a study's grid, its keyed results, and the CI sweep sharded over Ray workers.
 
 The Ray runs happen inside a loopback-only network namespace (nothing leaves 127.0.0.0/8): the
-installed ``evaluation`` with ``--workers 2`` (plain ``ray.init()``), and Ray's local 2-node test
-cluster with one worker killed by its PID mid-episode. Each must give exactly the sequential run's
-rows and metrics, every episode once, every bag readable.
+installed ``evaluation`` with ``--workers 2`` (plain ``ray.init()``), the same with one policy server
+batching for both workers, and Ray's local 2-node test cluster with one worker killed by its PID
+mid-episode. Each must give the sequential run's rows and metrics (exactly, but for a batch's float
+rounding with the server), every episode once, every bag readable.
 """
 
 from __future__ import annotations
@@ -108,12 +109,15 @@ def rows_by_key(out: Path) -> dict[tuple, dict]:
     return {(r["task_id"], r["init_state"], r["condition"], r["seed"]): r for r in rows}
 
 
-def assert_same_rows(out: Path, reference: Path) -> None:
+def assert_same_rows(out: Path, reference: Path, rounding: float = 0.0) -> None:
+    """Every episode once, each with the reference's metrics: exactly, or within ``rounding`` of each number."""
     rows, expected = rows_by_key(out), rows_by_key(reference)
     assert len(rows) == len(expected) == 4
     for key, row in rows.items():
-        assert {k: v for k, v in row.items() if k not in WALL_CLOCK} == \
-               {k: v for k, v in expected[key].items() if k not in WALL_CLOCK}, key
+        want = {k: v for k, v in expected[key].items() if k not in WALL_CLOCK}
+        if rounding:
+            want = {k: pytest.approx(v, abs=rounding) if isinstance(v, float) else v for k, v in want.items()}
+        assert {k: v for k, v in row.items() if k not in WALL_CLOCK} == want, key
     table = (out / "report" / "results.csv").read_text().splitlines()
     assert len(table) == 1 + 4  # the merged table: a header and one row per episode, none twice
 
@@ -167,6 +171,31 @@ def test_two_ray_workers_of_the_installed_runner_give_the_sequential_rows_and_me
     assert_same_rows(tmp_path, sequential)
     assert rigs_started(tmp_path) == 2  # one per worker, kept across its episodes
     assert "up_2.0" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_one_policy_server_batching_for_two_workers_gives_the_sequential_rows(sequential, fresh_install,
+                                                                             tmp_path):
+    """``--workers 2 --batch 2`` (installed): both rigs' steering nodes send their observations to one
+    policy server, which answers every chunk they publish; the rows are the sequential run's (the
+    metrics up to a batch's float rounding, when two observations happen to share a forward)."""
+    from vla_steering import contract
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AMENT_PREFIX_PATH")}
+    env.update(ROS_DOMAIN_ID=str(unique_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               RAY_USAGE_STATS_ENABLED="0")
+    with loopback_namespace() as prefix:
+        run = subprocess.run([*prefix, str(fresh_install / "bin" / "evaluation"), "eval_sweep_ci", "--workers", "2",
+                              "--batch", "2", "--out", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert_same_rows(tmp_path, sequential, rounding=1e-4)
+    assert rigs_started(tmp_path) == 2
+    served = json.loads((tmp_path / "logs" / "policy_server.json").read_text())["batch_sizes"]
+    chunks = sum(1 for bag in (tmp_path / "bags").iterdir() for m in read_bag(bag)
+                 if m.topic == contract.ACTION_CHUNK.in_bag)
+    assert chunks > 0 and sum(int(size) * count for size, count in served.items()) == chunks, served
+    for log in (tmp_path / "logs").glob("rig_*.vla_steering_node.log"):
+        assert "(policy server policy_server_" in log.read_text(), log
 
 
 def worker_recording(bag: Path) -> int | None:

@@ -102,13 +102,16 @@ def simulation(suite: str = "libero_spatial", task_id: int = 0, init_state: int 
                max_steps: int = 0, image_size: int = 256, policy: str = "", checkpoint: str = "",
                dictionary: str = "", strengths: str = "", record: bool = True, output_dir: str = "bags",
                bag_name: str = "", video_dir: str = "", namespace: str = "", split: str = "",
-               seed: int | str = "", autostart: bool = True) -> list[NodeSpec]:
+               seed: int | str = "", autostart: bool = True, policy_server: str = "",
+               ray_address: str = "") -> list[NodeSpec]:
     """The simulation flow: [recorder,] steering node (sim time, LIBERO state), LIBERO bridge. Bags are
     split per episode when a run has several (``split`` "" = episode if ``episodes`` != 1, else run).
     ``seed`` ("" = their defaults) seeds the simulation and the policy's noise; ``autostart`` false:
-    the bridge runs an episode only when its ``~/reset`` asks."""
+    the bridge runs an episode only when its ``~/reset`` asks; ``policy_server`` (on the Ray cluster at
+    ``ray_address``): the node's policy is served there."""
     steering = steering_node(namespace=namespace, use_sim_time=True, state_source="libero", policy=policy,
                              checkpoint=checkpoint, seed=int(seed) if seed != "" else "",
+                             policy_server=policy_server, ray_address=ray_address,
                              **{"steering.dictionary": dictionary}, **parse_strengths(strengths))
     nodes = [steering, sim_bridge(suite, task_id, init_state, episodes, max_steps, image_size, video_dir, namespace,
                                   seed, autostart)]

@@ -1,7 +1,7 @@
 """Headless evaluation studies: episodes on a simulation rig (sim bridge + steering node + bag recorder), then
 metrics and a report.
 
-``python -m vla_steer_bringup.evaluation eval_demo [--out DIR] [--workers N | --address ADDR]``
+``python -m vla_steer_bringup.evaluation eval_demo [--out DIR] [--workers N | --address ADDR] [--batch N]``
 (or ``ros2 run vla_steer_bringup evaluation``)
 
 The config is a YAML file, or the name of one the package installs (``eval_demo``, ``eval_ci``);
@@ -15,7 +15,9 @@ interrupted one's bag is made readable, kept aside and the episode run again. Th
 
 Episodes run one after another on one rig in this process, or with ``--workers N`` (N > 1) /
 ``--address`` (or ``RAY_ADDRESS``) sharded over Ray workers (:mod:`vla_steer_bringup.ray_runner`),
-each with its own rig in its own ROS domain; the rows and metrics are the same either way.
+each with its own rig in its own ROS domain; the rows and metrics are the same either way. With
+``--batch N`` one policy server (:mod:`vla_steering.policy_server`) serves every worker's node, batching
+their observations: the same rows, the metrics up to a batch's float rounding.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ def episode_row(config: EvalConfig, episode: Episode, bag: Path) -> dict:
 
 
 def evaluate(config: EvalConfig, out: Path, progress: bool = True, workers: int | None = None,
-             address: str | None = None) -> Path:
+             address: str | None = None, batch: int = 0) -> Path:
     """Run every episode of the study not yet in ``out``'s results — here, one after another; or on Ray with
-    ``workers`` > 1 or an ``address`` (``workers`` None there: one per CPU) — then write the report over all."""
+    ``workers`` > 1, an ``address`` (``workers`` None there: one per CPU) or a ``batch`` (> 0: one policy
+    server batching up to that many observations serves every worker) — then write the report over all."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -55,10 +58,10 @@ def evaluate(config: EvalConfig, out: Path, progress: bool = True, workers: int 
     episodes = config.episodes()
     todo = [e for e in episodes if store.get(e) is None]
     bar = tqdm(total=len(episodes), initial=len(episodes) - len(todo), desc="episodes", disable=not progress)
-    if todo and ((workers or 1) > 1 or address):
+    if todo and ((workers or 1) > 1 or address or batch):
         from vla_steer_bringup.ray_runner import run_on_ray
 
-        run_on_ray(config, todo, out, dictionary, store, workers, address, bar.update)
+        run_on_ray(config, todo, out, dictionary, store, workers, address, bar.update, max_batch=batch)
     else:
         runner = EpisodeRunner(config, out, int(os.environ.get("ROS_DOMAIN_ID", 1 + os.getpid() % 100)), dictionary)
         try:
@@ -85,11 +88,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="Ray workers (default: 1 without Ray; with --address, the cluster's CPUs)")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
                         help="an existing Ray cluster (default: $RAY_ADDRESS; none: this machine)")
+    parser.add_argument("--batch", type=int, default=0, metavar="N",
+                        help="on Ray: one policy server batching up to N observations serves every worker's "
+                             "steering node (default 0: each node loads the policy itself)")
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.batch < 0:
+        parser.error("--batch must be at least 0")
     try:
-        report = evaluate(EvalConfig.load(args.config), Path(args.out), workers=args.workers, address=args.address)
+        report = evaluate(EvalConfig.load(args.config), Path(args.out), workers=args.workers, address=args.address,
+                          batch=args.batch)
     except (BagError, RuntimeError, ValueError, FileNotFoundError, KeyError, TypeError) as error:
         print(f"evaluation failed: {error}", file=sys.stderr)
         return 1

@@ -20,13 +20,16 @@ node sees.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vla_steer_bringup.results import ResultStore
+from vla_steer_bringup.rig import ServerAddress, served_policy
 from vla_steer_bringup.study import Episode, EvalConfig
+from vla_steering.policy_server import start_server
 
 DOMAINS = 100  # ROS domain ids 1..100 (0 is the default users run in)
 
@@ -34,8 +37,8 @@ DOMAINS = 100  # ROS domain ids 1..100 (0 is the default users run in)
 class EpisodeWorker:
     """A Ray actor: runs episodes on its own rig, in its own ROS domain."""
 
-    def __init__(self, domain_id: int):
-        self.domain_id = domain_id
+    def __init__(self, domain_id: int, server: ServerAddress | None = None):
+        self.domain_id, self.server = domain_id, server
         self.runner = None
 
     def run(self, config: EvalConfig, episode: Episode, out: str, dictionary: str) -> tuple[dict, dict]:
@@ -45,7 +48,7 @@ class EpisodeWorker:
 
         started = time.time()
         if self.runner is None:
-            self.runner = EpisodeRunner(config, Path(out), self.domain_id, dictionary)
+            self.runner = EpisodeRunner(config, Path(out), self.domain_id, dictionary, self.server)
         row = episode_row(config, episode, self.runner.run(episode))
         return row, {"pid": os.getpid(), "started": started, "ended": time.time()}
 
@@ -57,13 +60,15 @@ class EpisodeWorker:
 
 def run_on_ray(config: EvalConfig, episodes: Sequence[Episode], out: Path, dictionary: str, store: ResultStore,
                workers: int | None = None, address: str | None = None,
-               done: Callable[[], object] = lambda: None, retries: int = 2) -> list[dict]:
+               done: Callable[[], object] = lambda: None, retries: int = 2, max_batch: int = 0) -> list[dict]:
     """Run ``episodes`` on Ray workers, keeping each row in ``store`` as it arrives; each one's timings (worker
-    pid; when it was submitted, started and ended)."""
+    pid; when it was submitted, started and ended). ``max_batch`` > 0: one policy server batching up to that
+    many observations serves every worker's steering node (its batch sizes: ``out/logs/policy_server.json``)."""
     import ray
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
     started_here = not ray.is_initialized()
+    server = None
     if started_here:
         ray.init(address=address, num_cpus=None if address else (workers or os.cpu_count()),
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -72,11 +77,16 @@ def run_on_ray(config: EvalConfig, episodes: Sequence[Episode], out: Path, dicti
         actor_class = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(EpisodeWorker)
         base = int(os.environ.get("ROS_DOMAIN_ID", 1 + os.getpid() % DOMAINS))
         created = 0
+        address_of_server = None
+        if max_batch:
+            name = f"policy_server_{os.getpid()}_{time.time_ns()}"
+            server = start_server(name, served_policy(config, dictionary), max_batch)
+            address_of_server = ServerAddress(name, ray.get_runtime_context().gcs_address)
 
         def new_worker():
             nonlocal created
             created += 1
-            return actor_class.remote(1 + (base + created - 1) % DOMAINS)
+            return actor_class.remote(1 + (base + created - 1) % DOMAINS, address_of_server)
 
         idle = [new_worker() for _ in range(min(count, len(episodes)))]
         pending = list(episodes)
@@ -106,7 +116,12 @@ def run_on_ray(config: EvalConfig, episodes: Sequence[Episode], out: Path, dicti
             idle.append(worker)
             done()
         ray.get([worker.close.remote() for worker in idle])
+        if server is not None:
+            batches = ray.get(server.stats.remote())
+            (Path(out) / "logs" / "policy_server.json").write_text(json.dumps({"batch_sizes": batches}))
         return timings
     finally:
+        if server is not None:
+            ray.kill(server)
         if started_here:
             ray.shutdown()

@@ -34,17 +34,26 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from vla_steer_bringup import bringup
 from vla_steer_bringup.study import Episode, EvalConfig
 from vla_steering import contract
-from vla_steering.bags import BagError, reindex
+from vla_steering.bags import reindex
+from vla_steering.policy_server import PolicySpec
 from vla_steering_node.steering_parameters import strength_name
 
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the forked child must not import or load
 PR_SET_PDEATHSIG = 1
 READY_TIMEOUT_S = 600.0  # loading a real checkpoint takes minutes on a CPU
 CALL_TIMEOUT_S = 60.0
+
+
+class ServerAddress(NamedTuple):
+    """A policy server the rigs' steering nodes send their observations to: its Ray name and cluster."""
+
+    name: str
+    address: str
 
 
 def _env(domain_id: int) -> dict:
@@ -97,10 +106,34 @@ def keep_interrupted(bag: Path) -> None:
         print(f"{bag.name}: an interrupted recording was kept as {kept}; running the episode again", file=sys.stderr)
 
 
+def rig_nodes(config: EvalConfig, out: Path, dictionary: str, first: Episode,
+              server: ServerAddress | None = None) -> list[bringup.NodeSpec]:
+    """The rig's recorder, steering node (sending its observations to ``server``, if given) and bridge."""
+    return bringup.simulation(
+        suite=first.suite, task_id=first.task, init_state=first.init_state, episodes=0,
+        max_steps=config.max_steps, image_size=config.image_size, policy=config.policy,
+        checkpoint=config.checkpoint, dictionary=dictionary, record=True, output_dir=str(Path(out) / "bags"),
+        namespace=config.namespace, split="request", seed=first.seed, autostart=False,
+        policy_server=server.name if server else "", ray_address=server.address if server else "")
+
+
+def served_policy(config: EvalConfig, dictionary: str) -> PolicySpec:
+    """What a policy server loads for this study: the policy a rig's steering node would load itself."""
+    from vla_steering.policies import POLICY_OPTIONS
+    from vla_steering_node.node import default_dictionary
+
+    steering = rig_nodes(config, Path("."), dictionary, config.episodes()[0])[1].parameters
+    options = {o: steering[o] for o in POLICY_OPTIONS.get(steering["policy"], {}) if steering.get(o, "") != ""}
+    return PolicySpec(steering["policy"], steering.get("checkpoint", ""), steering["device"],
+                      steering.get("steering.dictionary") or default_dictionary(), steering["max_abs_strength"],
+                      options)
+
+
 class SimulationRig:
     """Bridge, steering node and recorder of one suite in ROS domain ``domain_id``, kept across episodes."""
 
-    def __init__(self, config: EvalConfig, out: Path, domain_id: int, dictionary: str, first: Episode):
+    def __init__(self, config: EvalConfig, out: Path, domain_id: int, dictionary: str, first: Episode,
+                 server: ServerAddress | None = None):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.signals import SignalHandlerOptions
@@ -109,11 +142,7 @@ class SimulationRig:
         self.logs = self.out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         (self.out / "bags").mkdir(parents=True, exist_ok=True)
-        recorder, steering, bridge = bringup.simulation(
-            suite=first.suite, task_id=first.task, init_state=first.init_state, episodes=0,
-            max_steps=config.max_steps, image_size=config.image_size, policy=config.policy,
-            checkpoint=config.checkpoint, dictionary=dictionary, record=True, output_dir=str(self.out / "bags"),
-            namespace=config.namespace, split="request", seed=first.seed, autostart=False)
+        recorder, steering, bridge = rig_nodes(config, self.out, dictionary, first, server)
         env = _env(domain_id)
         tag = f"rig_d{domain_id}_p{os.getpid()}"
         self.processes: dict[str, tuple[subprocess.Popen, Path]] = {}
@@ -233,9 +262,9 @@ class SimulationRig:
                 self._set(self.steering, {strength_name(c): float(v)
                                           for c, v in condition.live_strengths.items()}, "the steering node")
             self._spin_once(deadline, what)
-        self._set(self.recorder, {"bag_name": ""}, "the recorder")
-        if not (bag / "metadata.yaml").exists():
-            raise BagError(f"{name}: the recorder left no closed bag; see {self.processes['bag_recorder'][1]}")
+        self._set(self.recorder, {"bag_name": ""}, "the recorder")  # it closes the bag once it wrote the end event
+        self._spin_until((bag / "metadata.yaml").exists, time.monotonic() + CALL_TIMEOUT_S,
+                         f"{name}'s bag to be closed; see {self.processes['bag_recorder'][1]}")
         return bag
 
     def close(self) -> None:
@@ -250,8 +279,10 @@ class EpisodeRunner:
     """Runs episodes one after another on a kept rig, started at the first episode that needs one and
     replaced when an episode does not fit it (another suite) or it failed."""
 
-    def __init__(self, config: EvalConfig, out: Path, domain_id: int, dictionary: str):
+    def __init__(self, config: EvalConfig, out: Path, domain_id: int, dictionary: str,
+                 server: ServerAddress | None = None):
         self.config, self.out, self.domain_id, self.dictionary = config, Path(out), domain_id, dictionary
+        self.server = server
         self.rig: SimulationRig | None = None
 
     def run(self, episode: Episode) -> Path:
@@ -262,7 +293,8 @@ class EpisodeRunner:
         if self.rig is not None and not self.rig.fits(episode):
             self.close()
         if self.rig is None:
-            self.rig = SimulationRig(self.config, self.out, self.domain_id, self.dictionary, episode)
+            self.rig = SimulationRig(self.config, self.out, self.domain_id, self.dictionary, episode,
+                                     self.server)
         try:
             return self.rig.run(episode)
         except BaseException:

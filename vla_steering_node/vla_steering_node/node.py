@@ -149,14 +149,27 @@ class VlaSteeringNode(Node):
                 description=description + " (applies from the next prediction)") if option in LIVE_OPTIONS
                 else read_only(description))
 
+        self.declare_parameter("policy_server", "", read_only(
+            "name of a Ray policy server to send observations to (vla_steering.policy_server; its policy and "
+            "dictionary replace this node's); empty = load the policy here"))
+        self.declare_parameter("ray_address", "", read_only("the policy server's Ray cluster (empty = auto)"))
+
         self.policy_name = self.get_parameter("policy").value
         self.cameras = list(self.get_parameter("cameras").value)
-        options = {option: self.get_parameter(option).value for option in POLICY_OPTIONS.get(self.policy_name, {})}
-        policy = make_policy(self.policy_name, self.get_parameter("checkpoint").value,
-                             self.get_parameter("device").value, **{k: v for k, v in options.items() if v != ""})
-        path = self.get_parameter("steering.dictionary").value
-        dictionary = load_dictionary(path, primary_stack(policy.model).intermediate_size)
-        self.policy = steer(policy, dictionary, self.get_parameter("max_abs_strength").value)
+        server = self.get_parameter("policy_server").value
+        if server:
+            from vla_steering.policy_server import RemoteSteeredPolicy
+
+            self.policy = RemoteSteeredPolicy(server, self.get_parameter("ray_address").value,
+                                              {o: self.get_parameter(o).value for o in LIVE_OPTIONS})
+            self.policy_name = f"{self.policy.name} (policy server {server})"
+        else:
+            options = {o: self.get_parameter(o).value for o in POLICY_OPTIONS.get(self.policy_name, {})}
+            policy = make_policy(self.policy_name, self.get_parameter("checkpoint").value,
+                                 self.get_parameter("device").value, **{k: v for k, v in options.items() if v != ""})
+            path = self.get_parameter("steering.dictionary").value
+            dictionary = load_dictionary(path, primary_stack(policy.model).intermediate_size)
+            self.policy = steer(policy, dictionary, self.get_parameter("max_abs_strength").value)
         self.engine = self.policy.engine
         for name, default, descriptor in steering_parameters.declarations(self.engine):
             self.declare_parameter(name, default, descriptor)

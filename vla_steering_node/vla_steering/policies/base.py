@@ -107,9 +107,15 @@ class Policy(ABC):
                                                                           ActionSpace):
             raise TypeError(f"{cls.__name__} must declare an ActionSpace as class attribute action_space")
 
+    batched = False  # True: predict_batch runs one batched forward, row i of every call being observation i
+
     @abstractmethod
     def predict(self, observation: Observation) -> np.ndarray:
         """(T, action_space.dim) float actions for a validated observation."""
+
+    def predict_batch(self, observations: Sequence[Observation]) -> list[np.ndarray]:
+        """:meth:`predict` for each observation; a backend that sets ``batched`` does it in one forward."""
+        return [self.predict(observation) for observation in observations]
 
     def inert_layers(self) -> dict[tuple[str, int], str]:
         """(decoder stack, layer) -> why steering that layer's neurons cannot change the actions."""
@@ -166,6 +172,50 @@ class SteeredPolicy:
         else:
             with self.engine.applied() as state:
                 actions = self.policy.predict(observation)
+        return self._checked(actions, state)
+
+    def act_rows(self, observations: Sequence[Observation], states: Sequence[SteeringState],
+                 options: Sequence[Mapping[str, object]]) -> list[ActionChunk | Exception]:
+        """Several clients' observations, each steered by its own state and predicted with its own options
+        (policy attributes such as ``seed``; ones the policy lacks are ignored): each row's chunk, or the
+        error that row alone met (its observation or state refused, its output not finite). A ``batched``
+        backend without per-row options runs the rows in one forward."""
+        out: list[ActionChunk | Exception | None] = [None] * len(observations)
+        rows = []
+        for i, observation in enumerate(observations):
+            try:
+                observation.validate()
+                self.engine.validate_state(states[i])
+                rows.append(i)
+            except (ObservationError, KeyError, TypeError, ValueError) as error:
+                out[i] = error
+        per_row = any(hasattr(self.policy, name) for i in rows for name in options[i])
+        if self.policy.batched and not per_row and len(rows) > 1:
+            with self.engine.applied_rows([states[i] for i in rows]):
+                predictions = self.policy.predict_batch([observations[i] for i in rows])
+            for i, actions in zip(rows, predictions, strict=True):
+                out[i] = self._checked_row(actions, states[i])
+            return out
+        for i in rows:
+            for name, value in options[i].items():
+                if hasattr(self.policy, name):
+                    setattr(self.policy, name, value)
+            try:
+                with self.engine.applied_rows([states[i]]):
+                    actions = self.policy.predict(observations[i])
+            except (RuntimeError, ValueError) as error:
+                out[i] = error
+                continue
+            out[i] = self._checked_row(actions, states[i])
+        return out
+
+    def _checked_row(self, actions: np.ndarray, state: SteeringState) -> ActionChunk | Exception:
+        try:
+            return self._checked(actions, state)
+        except PolicyOutputError as error:
+            return error
+
+    def _checked(self, actions: np.ndarray, state: SteeringState | None) -> ActionChunk:
         actions = np.asarray(actions, np.float32)
         space = self.policy.action_space
         if actions.ndim != 2 or actions.shape[1] != space.dim or len(actions) == 0:

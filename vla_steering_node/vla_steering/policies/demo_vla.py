@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -256,11 +257,16 @@ class DemoVLAPolicy(Policy):
         self.model = load_demo_vla(config)
         self.config = config
 
-    @torch.inference_mode()
+    batched = True
+
     def predict(self, observation: Observation) -> np.ndarray:
-        image = next(iter(observation.images.values()))
-        action = self.model(to_pixels([image], self.config.image_size), [observation.instruction])[0]
-        return np.repeat(action.numpy()[None], self.config.chunk_size, axis=0)  # (T, 7)
+        return self.predict_batch([observation])[0]
+
+    @torch.inference_mode()
+    def predict_batch(self, observations: Sequence[Observation]) -> list[np.ndarray]:
+        images = [next(iter(observation.images.values())) for observation in observations]
+        actions = self.model(to_pixels(images, self.config.image_size), [o.instruction for o in observations])
+        return [np.repeat(action.numpy()[None], self.config.chunk_size, axis=0) for action in actions]  # (T, 7)
 
     def instruction_positions(self, observation: Observation) -> slice:
         def ids(text: str) -> list[int]:
