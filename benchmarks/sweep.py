@@ -6,10 +6,11 @@ seeds (``--seeds N``, default 6: 2N episodes), each sequentially and on 2 Ray wo
 (``ray.init()`` here): wall time of the whole study (starting the rigs included), the steady rate
 once every rig is up, and their ratios; what Ray adds (its start; the wait from submitting an
 episode to its worker starting it); the batching policy actor off and on (``--batch 2``: one policy
-server for both workers) on the larger grid, with the batch sizes it formed and the steering nodes'
-peak memory; and what batching can gain on this CPU where requests do coincide: the demo VLA's time
-for a batch of 2 observations against 2 single ones, and a policy server's predictions per second
-for 2 clients sending back to back, batching 2 against 1.
+server for both workers, waiting 5 ms or 150 ms for a second observation) on the larger grid, with
+the batch sizes it formed and the steering nodes' peak memory; and what batching can gain on this
+CPU where requests do coincide: the demo VLA's time for a batch of 2 observations against 2 single
+ones, and a policy server's predictions per second for 2 clients sending back to back, batching 2
+against 1.
 
 Run (as root): PYTHONPATH=vla_steering_node:vla_steer_bringup:sim_bridge .venv/bin/python benchmarks/sweep.py
 [--max-steps N] [--seeds N]
@@ -95,8 +96,9 @@ class NodeMemory:
         return ", ".join(f"{peak / 2**20:.0f}" for peak in sorted(self.peaks.values())) + " MiB"
 
 
-def on_ray(config, out: Path, batch: int = 0) -> dict:
-    """The study on 2 Ray workers (``ray.init()`` here; with ``batch``, one policy server batching for both)."""
+def on_ray(config, out: Path, batch: int = 0, wait_s: float = 0.005) -> dict:
+    """The study on 2 Ray workers (``ray.init()`` here; with ``batch``, one policy server batching for both,
+    waiting ``wait_s`` for more observations after the first)."""
     import ray
 
     from vla_steer_bringup.ray_runner import run_on_ray
@@ -108,7 +110,7 @@ def on_ray(config, out: Path, batch: int = 0) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray_start = time.time() - start
     timings = run_on_ray(config, config.episodes(), out, study_dictionary(config, out), ResultStore(out), workers=2,
-                         max_batch=batch)
+                         max_batch=batch, batch_wait_s=wait_s)
     wall = time.time() - start
     ray.shutdown()
     waits = [t["started"] - t["submitted"] for t in timings]
@@ -142,12 +144,14 @@ def measure(config, scratch: Path, label: str, batching_actor: bool = False) -> 
     print(f"{label}: Ray start {sharded['ray_start']:.1f} s; submit-to-start wait per episode: mean "
           f"{sum(waits) / len(waits):.2f} s (max {max(waits):.2f})")
     if batching_actor:
-        served = on_ray(config, scratch / f"{label}_ray_batch", batch=2)
-        print(f"{label}: 2 workers, batching actor off / on: whole study {sharded['wall']:.1f} s / "
-              f"{served['wall']:.1f} s; steady rate {steady_rate(sharded['times'], 2):.0f} / "
-              f"{steady_rate(served['times'], 2):.0f} episodes/h: ratio "
-              f"{steady_rate(served['times'], 2) / steady_rate(sharded['times'], 2):.2f}; batches {served['batches']}; "
-              f"steering node peak RSS {sharded['node_memory']} / {served['node_memory']}")
+        off = steady_rate(sharded["times"], 2)
+        for wait_s in (0.005, 0.15):
+            served = on_ray(config, scratch / f"{label}_ray_batch_{wait_s}", batch=2, wait_s=wait_s)
+            on = steady_rate(served["times"], 2)
+            print(f"{label}: 2 workers, batching actor off / on (window {wait_s * 1000:.0f} ms): whole study "
+                  f"{sharded['wall']:.1f} s / {served['wall']:.1f} s; steady rate {off:.0f} / {on:.0f} episodes/h: "
+                  f"ratio {on / off:.2f}; batches {served['batches']}; steering node peak RSS "
+                  f"{sharded['node_memory']} / {served['node_memory']}")
 
 
 async def two_clients(server, observations, states, requests: int) -> float:

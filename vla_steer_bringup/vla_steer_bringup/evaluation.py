@@ -46,10 +46,11 @@ def episode_row(config: EvalConfig, episode: Episode, bag: Path) -> dict:
 
 
 def evaluate(config: EvalConfig, out: Path, progress: bool = True, workers: int | None = None,
-             address: str | None = None, batch: int = 0) -> Path:
+             address: str | None = None, batch: int = 0, batch_wait_s: float = 0.005) -> Path:
     """Run every episode of the study not yet in ``out``'s results — here, one after another; or on Ray with
     ``workers`` > 1, an ``address`` (``workers`` None there: one per CPU) or a ``batch`` (> 0: one policy
-    server batching up to that many observations serves every worker) — then write the report over all."""
+    server batching up to that many observations, arriving within ``batch_wait_s`` of the first, serves every
+    worker) — then write the report over all."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -61,7 +62,8 @@ def evaluate(config: EvalConfig, out: Path, progress: bool = True, workers: int 
     if todo and ((workers or 1) > 1 or address or batch):
         from vla_steer_bringup.ray_runner import run_on_ray
 
-        run_on_ray(config, todo, out, dictionary, store, workers, address, bar.update, max_batch=batch)
+        run_on_ray(config, todo, out, dictionary, store, workers, address, bar.update, max_batch=batch,
+                   batch_wait_s=batch_wait_s)
     else:
         runner = EpisodeRunner(config, out, int(os.environ.get("ROS_DOMAIN_ID", 1 + os.getpid() % 100)), dictionary)
         try:
@@ -91,14 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=0, metavar="N",
                         help="on Ray: one policy server batching up to N observations serves every worker's "
                              "steering node (default 0: each node loads the policy itself)")
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
+                        help="how long the policy server waits for more observations after the first (default 5)")
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
-    if args.batch < 0:
-        parser.error("--batch must be at least 0")
+    if args.batch < 0 or args.batch_wait_ms < 0:
+        parser.error("--batch and --batch-wait-ms must be at least 0")
     try:
         report = evaluate(EvalConfig.load(args.config), Path(args.out), workers=args.workers, address=args.address,
-                          batch=args.batch)
+                          batch=args.batch, batch_wait_s=args.batch_wait_ms / 1000)
     except (BagError, RuntimeError, ValueError, FileNotFoundError, KeyError, TypeError) as error:
         print(f"evaluation failed: {error}", file=sys.stderr)
         return 1

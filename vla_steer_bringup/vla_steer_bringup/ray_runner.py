@@ -25,11 +25,13 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vla_steer_bringup.results import ResultStore
-from vla_steer_bringup.rig import ServerAddress, served_policy
 from vla_steer_bringup.study import Episode, EvalConfig
-from vla_steering.policy_server import start_server
+
+if TYPE_CHECKING:  # the rig (rclpy) and the server (torch) are imported where used: a worker starts lighter
+    from vla_steer_bringup.rig import ServerAddress
 
 DOMAINS = 100  # ROS domain ids 1..100 (0 is the default users run in)
 
@@ -60,12 +62,17 @@ class EpisodeWorker:
 
 def run_on_ray(config: EvalConfig, episodes: Sequence[Episode], out: Path, dictionary: str, store: ResultStore,
                workers: int | None = None, address: str | None = None,
-               done: Callable[[], object] = lambda: None, retries: int = 2, max_batch: int = 0) -> list[dict]:
+               done: Callable[[], object] = lambda: None, retries: int = 2, max_batch: int = 0,
+               batch_wait_s: float = 0.005) -> list[dict]:
     """Run ``episodes`` on Ray workers, keeping each row in ``store`` as it arrives; each one's timings (worker
     pid; when it was submitted, started and ended). ``max_batch`` > 0: one policy server batching up to that
-    many observations serves every worker's steering node (its batch sizes: ``out/logs/policy_server.json``)."""
+    many observations arriving within ``batch_wait_s`` of the first serves every worker's steering node (its
+    batch sizes: ``out/logs/policy_server.json``)."""
     import ray
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
+
+    from vla_steer_bringup.rig import ServerAddress, served_policy
+    from vla_steering.policy_server import start_server
 
     started_here = not ray.is_initialized()
     server = None
@@ -80,7 +87,7 @@ def run_on_ray(config: EvalConfig, episodes: Sequence[Episode], out: Path, dicti
         address_of_server = None
         if max_batch:
             name = f"policy_server_{os.getpid()}_{time.time_ns()}"
-            server = start_server(name, served_policy(config, dictionary), max_batch)
+            server = start_server(name, served_policy(config, dictionary), max_batch, batch_wait_s)
             address_of_server = ServerAddress(name, ray.get_runtime_context().gcs_address)
 
         def new_worker():

@@ -34,14 +34,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from vla_steer_bringup import bringup
 from vla_steer_bringup.study import Episode, EvalConfig
 from vla_steering import contract
 from vla_steering.bags import reindex
-from vla_steering.policy_server import PolicySpec
 from vla_steering_node.steering_parameters import strength_name
+
+if TYPE_CHECKING:
+    from vla_steering.policy_server import PolicySpec
 
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the forked child must not import or load
 PR_SET_PDEATHSIG = 1
@@ -120,6 +122,7 @@ def rig_nodes(config: EvalConfig, out: Path, dictionary: str, first: Episode,
 def served_policy(config: EvalConfig, dictionary: str) -> PolicySpec:
     """What a policy server loads for this study: the policy a rig's steering node would load itself."""
     from vla_steering.policies import POLICY_OPTIONS
+    from vla_steering.policy_server import PolicySpec
     from vla_steering_node.node import default_dictionary
 
     steering = rig_nodes(config, Path("."), dictionary, config.episodes()[0])[1].parameters
