@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from netns import loopback_namespace
-from ros_harness import SOURCE_PATH, unique_domain_id
+from ros_harness import SOURCE_PATH, unique_domain_id, wait_for
 
 from vla_steer_bringup.results import ResultStore
 from vla_steer_bringup.study import Episode, EvalConfig, study_dictionary
@@ -196,6 +196,41 @@ def test_one_policy_server_batching_for_two_workers_gives_the_sequential_rows(se
     assert chunks > 0 and sum(int(size) * count for size, count in served.items()) == chunks, served
     for log in (tmp_path / "logs").glob("rig_*.vla_steering_node.log"):
         assert "(policy server policy_server_" in log.read_text(), log
+
+
+def test_a_policy_server_that_dies_fails_the_study_at_once_with_the_reason(fresh_install, tmp_path):
+    """Every node's observations go to the server: killed mid-episode, the study stops with the reason
+    (not after the episode timeout), its nodes stopped, what finished kept."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AMENT_PREFIX_PATH")}
+    env.update(ROS_DOMAIN_ID=str(unique_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               RAY_USAGE_STATS_ENABLED="0")
+    with loopback_namespace() as prefix:
+        run = subprocess.Popen([*prefix, str(fresh_install / "bin" / "evaluation"), "eval_sweep_ci", "--workers", "2",
+                                "--batch", "2", "--out", str(tmp_path)], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        victim, deadline = None, time.monotonic() + 600
+        while victim is None and time.monotonic() < deadline and run.poll() is None:
+            if any(f.stat().st_size > 20_000 for f in (tmp_path / "bags").glob("*/*.mcap")):  # an episode runs
+                victim = next((int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                               and _cmdline(p).startswith(b"ray::PolicyServer")), None)
+                if victim is not None:
+                    os.kill(victim, signal.SIGKILL)
+                    killed = time.monotonic()
+            time.sleep(0.5)
+        output, _ = run.communicate(timeout=300)
+    assert victim is not None, "the server was not found mid-episode: " + output[-3000:]
+    assert run.returncode == 1 and "the policy server died" in output, output[-3000:]
+    assert time.monotonic() - killed < 120
+    left = lambda: [p.name for p in Path("/proc").iterdir()  # noqa: E731  the rigs' nodes name the output folder
+                    if p.name.isdigit() and str(tmp_path).encode() in _cmdline(p)]
+    assert wait_for(lambda: not left(), 30), left()
+
+
+def _cmdline(process: Path) -> bytes:
+    try:
+        return (process / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def worker_recording(bag: Path) -> int | None:

@@ -84,11 +84,12 @@ def run_on_ray(config: EvalConfig, episodes: Sequence[Episode], out: Path, dicti
         actor_class = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(EpisodeWorker)
         base = int(os.environ.get("ROS_DOMAIN_ID", 1 + os.getpid() % DOMAINS))
         created = 0
-        address_of_server = None
+        address_of_server, watched = None, []
         if max_batch:
             name = f"policy_server_{os.getpid()}_{time.time_ns()}"
             server = start_server(name, served_policy(config, dictionary), max_batch, batch_wait_s)
             address_of_server = ServerAddress(name, ray.get_runtime_context().gcs_address)
+            watched = [server.until_stopped.remote()]  # resolves only if the server dies
 
         def new_worker():
             nonlocal created
@@ -104,7 +105,12 @@ def run_on_ray(config: EvalConfig, episodes: Sequence[Episode], out: Path, dicti
             while pending and idle:
                 worker, episode = idle.pop(), pending.pop(0)
                 running[worker.run.remote(config, episode, str(out), dictionary)] = (worker, episode, time.time())
-            ready, _ = ray.wait(list(running), num_returns=1)
+            ready, _ = ray.wait(list(running) + watched, num_returns=1)
+            if ready[0] in watched:  # every node's observations go there: no episode can go on
+                try:
+                    ray.get(ready[0])
+                except (ActorDiedError, ActorUnavailableError) as error:
+                    raise RuntimeError(f"the policy server died: {error}") from error
             worker, episode, submitted = running.pop(ready[0])
             try:
                 row, timing = ray.get(ready[0])

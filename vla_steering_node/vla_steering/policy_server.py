@@ -67,6 +67,10 @@ class PolicyServer:
         return {"policy": self.spec.policy, "dictionary": self.steered.engine.dictionary,
                 "max_abs_strength": self.steered.engine.max_abs_strength}
 
+    async def until_stopped(self) -> None:
+        """Never returns: whoever waits on it hears at once when the server dies."""
+        await asyncio.Event().wait()
+
     def stats(self) -> dict[int, int]:
         """How many batches of each size were predicted."""
         return dict(self.batch_sizes)

@@ -147,6 +147,12 @@ class SteeringControls:
                 f"strength {strength} for {concept!r} is outside [-{self.max_abs_strength}, {self.max_abs_strength}]"
             )
 
+    def validate_state(self, state: SteeringState) -> None:
+        """Raise (KeyError, TypeError, ValueError) if these controls would refuse ``state`` (another's controls')."""
+        validate_mode(state.mode)
+        for name, value in state.strengths.items():
+            self.validate_strength(name, value)
+
     def _make_state(self) -> SteeringState:
         active = {n: s for n, s in self._strengths.items() if s != 0.0 and self.dictionary[n].acts}
         return SteeringState(self._enabled, self._mode, dict(active) if self._enabled else {}, self._version)
@@ -198,12 +204,6 @@ class SteeringEngine(SteeringControls):
     @property
     def state(self) -> SteeringState:
         return self._plan.state
-
-    def validate_state(self, state: SteeringState) -> None:
-        """Raise (KeyError, TypeError, ValueError) if this engine would refuse ``state`` (another's controls')."""
-        validate_mode(state.mode)
-        for name, value in state.strengths.items():
-            self.validate_strength(name, value)
 
     def plan_for(self, state: SteeringState) -> SteeringPlan:
         """The plan that applies ``state`` (another's controls', e.g. a remote client's), validated here first."""
