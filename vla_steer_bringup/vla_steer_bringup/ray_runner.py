@@ -13,6 +13,10 @@ and gives it the episode again — once per death, up to ``retries`` times; the 
 the dead attempt's unfinished bag, makes it readable and keeps it aside. An episode that *fails*
 (a node exits with an error) fails the study, as it does sequentially.
 
+With ``max_batch``, one policy server (:mod:`vla_steering.policy_server`) serves every worker's
+steering node, batching their observations; if it dies the study stops at once with the reason
+(no episode can go on without it).
+
 ``ray.init()`` starts Ray on this machine (one worker per core unless told) or, given an address,
 joins that cluster; bags and results go to ``out``, which on a cluster must be storage every
 node sees.

@@ -61,6 +61,7 @@ class PolicyServer:
         self.batch_sizes: Counter[int] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue | None = None
+        self._serving: asyncio.Task | None = None
 
     def describe(self) -> dict:
         """What a client needs: the policy's name, its dictionary and the strength limit."""
@@ -79,7 +80,7 @@ class PolicyServer:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # the first request (of this event loop): start serving the queue
             self._loop, self._queue = loop, asyncio.Queue()
-            loop.create_task(self._serve())
+            self._serving = loop.create_task(self._serve())  # kept: the loop holds only a weak reference
         answer = loop.create_future()
         await self._queue.put((observation, state, dict(options), answer))
         return await answer
