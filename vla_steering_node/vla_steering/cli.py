@@ -170,9 +170,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_act(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from vla_steering.anatomy import primary_stack
-    from vla_steering.dictionaries import load_dictionary
-    from vla_steering.policies import POLICY_OPTIONS, Observation, SteeredPolicy, make_policy, steer
+    from vla_steering.policies import POLICY_OPTIONS, Observation, SteeredPolicy, make_policy, steer_from_file
 
     if args.image:
         from PIL import Image
@@ -195,10 +193,9 @@ def cmd_act(args: argparse.Namespace) -> int:
     print(f"action space {policy.action_space.name}: {list(policy.action_space.dims)}")
     print("unsteered:\n", SteeredPolicy(policy).act(observation).actions)
     if args.dictionary:
-        dictionary = load_dictionary(args.dictionary, primary_stack(policy.model).intermediate_size)
-        steered = steer(policy, dictionary)
+        steered = steer_from_file(policy, args.dictionary)
         steered.engine.set_strengths({name: 0.0 for name in steered.engine.concepts} | {args.concept: args.strength})
-        print(f"steered ({args.concept} at {args.strength}, {dictionary[args.concept].mode}):\n",
+        print(f"steered ({args.concept} at {args.strength}, {steered.engine.dictionary[args.concept].mode}):\n",
               steered.act(observation).actions)
     return 0
 

@@ -2,7 +2,7 @@
 
 On a GPU one model serving many simulators beats one model per simulator: its memory is held
 once and a batch of observations costs little more than one. :class:`PolicyServer` loads the
-policy and its dictionary the one way a node does (``make_policy`` + ``steer``); each request
+policy and its dictionary the one way a node does (``make_policy`` + ``steer_from_file``); each request
 carries the client's observation, its steering state and its live options (``seed``), and is
 answered with the chunk the client's own policy would have computed. Requests that arrive within
 ``wait_s`` of the first waiting one, up to ``max_batch``, are predicted together
@@ -48,16 +48,13 @@ class PolicyServer:
     """A Ray actor (async: requests queue while a batch is predicted) serving one steered policy."""
 
     def __init__(self, spec: PolicySpec, max_batch: int = 8, wait_s: float = 0.005):
-        from vla_steering.anatomy import primary_stack
-        from vla_steering.dictionaries import load_dictionary
-        from vla_steering.policies import make_policy, steer
+        from vla_steering.policies import make_policy, steer_from_file
 
         if max_batch < 1 or wait_s < 0:
             raise ValueError(f"max_batch must be >= 1 and wait_s >= 0, got {max_batch}, {wait_s}")
         policy = make_policy(spec.policy, spec.checkpoint, spec.device, **dict(spec.options or {}))
-        dictionary = load_dictionary(spec.dictionary, primary_stack(policy.model).intermediate_size)
         self.spec, self.max_batch, self.wait_s = spec, max_batch, wait_s
-        self.steered = steer(policy, dictionary, spec.max_abs_strength)
+        self.steered = steer_from_file(policy, spec.dictionary, spec.max_abs_strength)
         self.batch_sizes: Counter[int] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue | None = None

@@ -318,14 +318,20 @@ class SteeringEngine(SteeringControls):
         self._local.call_plan = (self._plan,)
 
     def _current(self, key: tuple[str, int]) -> tuple[LayerPlan | None, ...]:
-        """This call's plan for one layer: one entry for every row, or one per row."""
+        """This call's plan for one layer: one entry for every row, or one per row; () if none acts on it
+        (the unsteered case, on every forward: one lookup)."""
         plans = getattr(self._local, "pinned", None) or getattr(self._local, "call_plan", None) or (self._plan,)
-        return tuple(plan.layers.get(key) for plan in plans)
+        if len(plans) == 1:
+            layer = plans[0].layers.get(key)
+            return () if layer is None else (layer,)
+        rows = tuple(plan.layers.get(key) for plan in plans)
+        return rows if any(row is not None for row in rows) else ()
 
     def _make_input_hook(self, key: tuple[str, int]):
         def edit_activations(module: nn.Module, args: tuple):
             rows = self._current(key)
-            if all(plan is None or (plan.clamp_index is None and plan.scale_index is None) for plan in rows):
+            if not rows or all(plan is None or (plan.clamp_index is None and plan.scale_index is None)
+                               for plan in rows):
                 return None
             x = args[0]  # (B, T, I): act_fn(gate_proj(h)) * up_proj(h)
             _check_rows(rows, x)
@@ -346,7 +352,7 @@ class SteeringEngine(SteeringControls):
     def _make_output_hook(self, key: tuple[str, int]):
         def add_direction(module: nn.Module, args: tuple, output: torch.Tensor):
             rows = self._current(key)
-            if all(plan is None or plan.add_vector is None for plan in rows):
+            if not rows or all(plan is None or plan.add_vector is None for plan in rows):
                 return None
             if len(rows) == 1:
                 return output + rows[0].add_vector  # (B, T, D) + (D,)

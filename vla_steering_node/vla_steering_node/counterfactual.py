@@ -18,10 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from vla_steering import contract
-from vla_steering.anatomy import primary_stack
 from vla_steering.bags import BagError, read_bag
-from vla_steering.dictionaries import load_dictionary
-from vla_steering.policies import Observation, SteeredPolicy, make_policy, steer
+from vla_steering.policies import Observation, SteeredPolicy, make_policy, steer_from_file
 from vla_steering_node.conversions import image_to_rgb, joint_positions, pose_state
 
 
@@ -91,8 +89,7 @@ def steered_from_arguments(args: argparse.Namespace) -> SteeredPolicy:
         if args.strength:
             raise ValueError(f"--strength needs --dictionary for policy {args.policy!r}")
         return SteeredPolicy(policy)
-    dictionary = load_dictionary(args.dictionary or default_dictionary(), primary_stack(policy.model).intermediate_size)
-    steered = steer(policy, dictionary)
+    steered = steer_from_file(policy, args.dictionary or default_dictionary())
     strengths = {name: 0.0 for name in steered.engine.concepts}
     for item in args.strength:
         name, _, value = item.partition("=")

@@ -30,9 +30,8 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_steering import contract
-from vla_steering.anatomy import primary_stack
-from vla_steering.dictionaries import DictionaryError, load_dictionary
-from vla_steering.policies import POLICY_OPTIONS, ObservationError, PolicyOutputError, make_policy, steer
+from vla_steering.dictionaries import DictionaryError
+from vla_steering.policies import POLICY_OPTIONS, ObservationError, PolicyOutputError, make_policy, steer_from_file
 from vla_steering_node import process, steering_parameters
 from vla_steering_node.conversions import (
     MAX_INSTRUCTION_CHARS,
@@ -167,9 +166,8 @@ class VlaSteeringNode(Node):
             options = {o: self.get_parameter(o).value for o in POLICY_OPTIONS.get(self.policy_name, {})}
             policy = make_policy(self.policy_name, self.get_parameter("checkpoint").value,
                                  self.get_parameter("device").value, **{k: v for k, v in options.items() if v != ""})
-            path = self.get_parameter("steering.dictionary").value
-            dictionary = load_dictionary(path, primary_stack(policy.model).intermediate_size)
-            self.policy = steer(policy, dictionary, self.get_parameter("max_abs_strength").value)
+            self.policy = steer_from_file(policy, self.get_parameter("steering.dictionary").value,
+                                          self.get_parameter("max_abs_strength").value)
         self.engine = self.policy.engine
         for name, default, descriptor in steering_parameters.declarations(self.engine):
             self.declare_parameter(name, default, descriptor)

@@ -19,6 +19,7 @@ from vla_steering.policies.base import (
     PolicyOutputError,
     SteeredPolicy,
     steer,
+    steer_from_file,
 )
 
 POLICIES = {
@@ -67,4 +68,5 @@ def make_policy(name: str, checkpoint: str = "", device: str = "cpu", **options)
 
 
 __all__ = ["LIBERO_EE_DELTA", "ActionChunk", "ActionSpace", "Observation", "ObservationError", "Policy",
-           "PolicyOutputError", "POLICIES", "POLICY_OPTIONS", "SteeredPolicy", "make_policy", "steer"]
+           "PolicyOutputError", "POLICIES", "POLICY_OPTIONS", "SteeredPolicy", "make_policy", "steer",
+           "steer_from_file"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from torch import nn
@@ -156,6 +157,15 @@ def steer(policy: Policy, dictionary: InterventionDictionary, max_abs_strength: 
     """The one way to steer a policy: an engine on its model that refuses concepts which cannot act."""
     engine = SteeringEngine(policy.model, dictionary, max_abs_strength, inert_layers=policy.inert_layers())
     return SteeredPolicy(policy, engine)
+
+
+def steer_from_file(policy: Policy, dictionary_path: str | Path, max_abs_strength: float = 100.0) -> SteeredPolicy:
+    """:func:`steer` with the dictionary file at ``dictionary_path``, its width checked against the policy's."""
+    from vla_steering.anatomy import primary_stack
+    from vla_steering.dictionaries import load_dictionary
+
+    dictionary = load_dictionary(dictionary_path, primary_stack(policy.model).intermediate_size)
+    return steer(policy, dictionary, max_abs_strength)
 
 
 class SteeredPolicy:
